@@ -1,0 +1,38 @@
+"""`avalign <command> [flags]`: a thin dispatcher over the library. Each command lives in avalign.commands."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("avalign.commands.train", "train an AVA (or baseline) model"),
+    "evaluate": ("avalign.commands.evaluate", "pairwise accuracy of a trained reward model"),
+    "data": ("avalign.commands.data", "dataset statistics (`avalign data stats ...`)"),
+    "tokenizer": ("avalign.commands.tokenizer", "train an offline byte-level BPE tokenizer"),
+    "convert": ("avalign.commands.convert", "convert checkpoints (`avalign convert llama2c ...`)"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: avalign <command> [flags]   (avalign <command> --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # With no command at all, run the main job: AVA-p on the embedded synthetic task.
+    command = argv.pop(0) if argv and not argv[0].startswith("-") else "train"
+    if command in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if command not in COMMANDS:
+        print(f"avalign: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(argv) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `avalign <command>`; each exposes `main(argv: list[str]) -> int`."""
