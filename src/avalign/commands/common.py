@@ -1,0 +1,84 @@
+"""What `train` and `evaluate` share: where the data and the model come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from datasets import Dataset
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from ..backbones import build_backbone
+from ..data.synthetic import SyntheticTask, synthetic_datasets
+from ..errors import ConfigError
+from ..modeling import TQRModel
+
+SYNTHETIC = "synthetic"
+
+
+@dataclass
+class DataArguments:
+    """Where the model and the data come from (the rest is AVAConfig)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local path of a backbone (causal LM or encoder-decoder) or a saved TQR model. "
+                  "Default: a tiny GPT-2 built from a config (synthetic task only)."},
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local .jsonl/.json/.parquet/.csv (.gz too) file, or 'synthetic' (the default): "
+                  "the embedded task with gold per-token rewards."},
+    )
+    dataset_family: str | None = field(
+        default=None, metadata={"help": "Parser for the dataset (e.g. hh-rlhf, tldr, gsm8k-pairs); default: detected."}
+    )
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of prompts held out for evaluation."})
+    dataset_seed: int = field(default=0, metadata={"help": "Seed of the prompt-grouped train/eval split."})
+    max_rows: int | None = field(default=None, metadata={"help": "Read at most this many rows (quick runs)."})
+    synthetic_train_size: int = field(default=4000, metadata={"help": "Training rows of the synthetic task."})
+    synthetic_eval_size: int = field(default=500, metadata={"help": "Evaluation pairs of the synthetic task."})
+    backbone_arch: str = field(
+        default="gpt2",
+        metadata={"help": "Architecture of the from-scratch default backbone: gpt2, llama, qwen2, bart or t5."},
+    )
+
+
+@dataclass
+class LoadedRun:
+    train: Dataset | None
+    eval: Dataset | None
+    tokenizer: PreTrainedTokenizerBase
+    model: TQRModel | None
+    task: SyntheticTask | None = None
+
+
+def load_data_and_model(data_args: DataArguments, args, with_model: bool = True) -> LoadedRun:
+    """Datasets (train rows in the format the objective needs; eval always pairs), tokenizer and TQR model."""
+    task = None
+    if data_args.dataset_name in (None, SYNTHETIC):
+        kind = "demonstration" if args.objective == "ava-d" else "preference"
+        train, _, task = synthetic_datasets(kind, data_args.synthetic_train_size, data_args.synthetic_eval_size)
+        _, eval_set, _ = synthetic_datasets("preference", 0, data_args.synthetic_eval_size)
+        tokenizer = task.tokenizer()
+    else:
+        from ..data import load_dataset
+
+        if data_args.model_name_or_path is None:
+            raise ConfigError("--model_name_or_path is required with --dataset_name (a hub id or a local path)")
+        loaded = load_dataset(
+            data_args.dataset_name, family=data_args.dataset_family, eval_fraction=data_args.eval_fraction,
+            seed=data_args.dataset_seed, max_rows=data_args.max_rows,
+        )
+        train, eval_set = loaded.train, loaded.eval
+        tokenizer = AutoTokenizer.from_pretrained(data_args.model_name_or_path)
+    model = None
+    if with_model:
+        if data_args.model_name_or_path is not None:
+            model = TQRModel.from_pretrained(data_args.model_name_or_path, args.tqr_config())
+        else:
+            backbone = build_backbone(
+                data_args.backbone_arch, len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=args.seed,
+            )
+            model = TQRModel(backbone, args.tqr_config())
+    return LoadedRun(train, eval_set, tokenizer, model, task)

@@ -1,0 +1,132 @@
+"""Tokenisation of TRL-format rows for the TQR model, with truncation that is counted, never silent.
+
+Rows are preference (prompt/chosen/rejected) or demonstration (prompt/completion), standard or conversational
+(conversational rows go through TRL's own chat-template helper). Output columns: ``prompt_ids`` and one
+``<response>_ids`` per response column; every response ends with EOS.
+
+Truncation (``max_length`` bounds prompt + response for causal LMs, and each side for encoder-decoders):
+the prompt loses tokens from its *start* (the end of the prompt is what the response answers), but never below
+``min(len(prompt), max_length // 2)`` tokens; a response that still does not fit is cut from its end
+(``too_long="truncate"``) or the row is dropped (``too_long="drop"``). Both are counted in the report.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+from trl.data_utils import is_conversational, maybe_apply_chat_template
+
+from ..errors import ConfigError, DataError
+
+TOO_LONG_POLICIES = ("truncate", "drop")
+
+
+def response_columns(column_names: list[str]) -> tuple[str, ...]:
+    """("chosen", "rejected") for preference data, ("completion",) for demonstrations."""
+    if {"chosen", "rejected"} <= set(column_names):
+        return ("chosen", "rejected")
+    if "completion" in column_names:
+        return ("completion",)
+    raise DataError(
+        "expected columns prompt/chosen/rejected (preference) or prompt/completion (demonstration); "
+        f"found {sorted(column_names)}",
+        field="chosen/rejected or completion",
+    )
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token one (EOS, else UNK), with a warning: padding is masked everywhere,
+    so the choice of id does not change the loss, but the user should know."""
+    if tokenizer.pad_token_id is None:
+        fallback = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+        if fallback is None:
+            raise ConfigError("the tokenizer has no pad, eos or unk token; set tokenizer.pad_token before training")
+        warnings.warn(f"tokenizer has no pad token; using '{fallback}' for padding (positions are masked).", stacklevel=2)
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+@dataclass
+class TokenizeReport:
+    rows_in: int = 0
+    rows_out: int = 0
+    prompt_truncated: int = 0
+    response_truncated: int = 0
+    dropped_too_long: int = 0
+    details: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"tokenized {self.rows_in} rows -> {self.rows_out}: prompt truncated in {self.prompt_truncated}, "
+            f"response truncated in {self.response_truncated}, dropped as too long {self.dropped_too_long}"
+        )
+
+
+def _fit(prompt: list[int], responses: list[list[int]], max_length: int, is_encoder_decoder: bool):
+    """Apply the truncation rule; returns (prompt, responses, prompt_cut, response_cut)."""
+    if is_encoder_decoder:  # the prompt is the encoder input; decoder = start token + response
+        new_prompt = prompt[-max_length:]
+        new_responses = [r[: max_length - 1] for r in responses]
+    else:
+        longest = max(len(r) for r in responses)
+        keep = max(max_length - longest, min(len(prompt), max_length // 2))
+        new_prompt = prompt[len(prompt) - min(keep, len(prompt)) :]
+        new_responses = [r[: max_length - len(new_prompt)] for r in responses]
+    response_cut = any(len(a) != len(b) for a, b in zip(new_responses, responses))
+    return new_prompt, new_responses, len(new_prompt) != len(prompt), response_cut
+
+
+def tokenize_dataset(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int | None,
+    is_encoder_decoder: bool = False,
+    too_long: str = "truncate",
+    source: str = "dataset",
+) -> tuple[Dataset, TokenizeReport]:
+    """Tokenise every row; raise DataError (with row and field) for an empty response."""
+    if too_long not in TOO_LONG_POLICIES:
+        raise ConfigError(f"unknown too_long policy '{too_long}'; expected one of {TOO_LONG_POLICIES}")
+    columns = response_columns(dataset.column_names)
+    if "prompt" not in dataset.column_names:
+        raise DataError(f"expected a 'prompt' column; found {sorted(dataset.column_names)}", path=source, field="prompt")
+    if max_length is not None and max_length < 4:
+        raise ConfigError(f"max_length={max_length} leaves no room for a prompt and a response")
+    ensure_pad_token(tokenizer)
+    report = TokenizeReport(rows_in=len(dataset))
+    rows = []
+    for index, example in enumerate(dataset):
+        if is_conversational(example):
+            if getattr(tokenizer, "chat_template", None) is None:
+                raise DataError("conversational rows need a tokenizer with a chat template", path=source, row=index + 1)
+            example = maybe_apply_chat_template(example, tokenizer)
+        prompt = tokenizer(example["prompt"], add_special_tokens=not is_encoder_decoder)["input_ids"]
+        if not prompt and not is_encoder_decoder:
+            # A causal LM needs one token of state before the first action.
+            prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        responses = []
+        for column in columns:
+            text = example[column]
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if isinstance(text, str) else []
+            if not ids:
+                raise DataError("empty response: it has no tokens to learn from", path=source, row=index + 1, field=column)
+            responses.append(ids + [tokenizer.eos_token_id])
+        if max_length is not None:
+            prompt, fitted, prompt_cut, response_cut = _fit(prompt, responses, max_length, is_encoder_decoder)
+            if response_cut and too_long == "drop":
+                report.dropped_too_long += 1
+                continue
+            report.prompt_truncated += prompt_cut
+            report.response_truncated += response_cut
+            responses = fitted
+        row = {"prompt_ids": prompt}
+        row.update({f"{column}_ids": ids for column, ids in zip(columns, responses)})
+        rows.append(row)
+    report.rows_out = len(rows)
+    if not rows:
+        raise DataError(f"no rows left after tokenisation ({report.summary()})", path=source)
+    return Dataset.from_list(rows), report

@@ -1,0 +1,1 @@
+"""Evaluation: pairwise accuracy and correlation with gold rewards."""

@@ -1,0 +1,21 @@
+"""Pairwise accuracy of a reward model, and agreement of per-token rewards with gold ones."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
+    """Fraction of pairs where the chosen response scores strictly higher. Ties count as wrong."""
+    chosen, rejected = np.asarray(chosen_scores, dtype=float), np.asarray(rejected_scores, dtype=float)
+    if chosen.size == 0:
+        return float("nan")
+    return float(np.mean(chosen > rejected))
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation of two equally long sequences (nan when either is constant)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])

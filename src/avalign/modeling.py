@@ -1,0 +1,223 @@
+"""The TQR model: a Hugging Face backbone with a Q head, a Gaussian reward head and reward weights.
+
+Index convention (docs/method.md, decision 1). For a token sequence x_0..x_{L-1} (for encoder-decoder
+backbones: the decoder sequence, starting with the decoder start token), column i of every output is the
+transition (state x_{0..i}, action x_{i+1}), i = 0..L-2:
+
+- the Q value comes from the hidden state h_i (the state), evaluated at the taken token x_{i+1};
+- the reward q_phi(R | x_{0..i+1}) comes from h_{i+1}, the first hidden state that has seen the action.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
+
+from .errors import ConfigError
+from .ops import pretrained_q_values
+
+TQR_CONFIG_NAME = "tqr_config.json"
+TQR_HEADS_NAME = "tqr_heads.safetensors"
+
+
+@dataclass
+class TQRConfig:
+    """What the heads on top of the backbone are. Saved as tqr_config.json beside the backbone's files."""
+
+    pretrained_q: bool = field(
+        default=True, metadata={"help": "Q from the backbone's LM head (Eq. 12). False: a fresh linear Q head ('w/o ptq')."}
+    )
+    alpha: float = field(default=1.0, metadata={"help": "alpha in Q = log softmax(alpha * softmax(logits)) (Eq. 12)."})
+    use_reward_weights: bool = field(
+        default=True, metadata={"help": "Attention-derived reward weights w_t (Eq. 11). False: 'w/o rwt', w_t = 1."}
+    )
+    rescale_reward_weights: bool = field(
+        default=True, metadata={"help": "Multiply w_t by the number of valid positions, so uniform weights are 1."}
+    )
+    log_std_min: float = field(default=-5.0, metadata={"help": "Lower clamp of the reward head's log sigma."})
+    log_std_max: float = field(default=2.0, metadata={"help": "Upper clamp of the reward head's log sigma."})
+    q_chunk_size: int | None = field(
+        default=None, metadata={"help": "Rows per chunk in the vocabulary-sized Q computation (None: the op's default)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not self.log_std_min < self.log_std_max:
+            raise ConfigError(f"log_std_min ({self.log_std_min}) must be below log_std_max ({self.log_std_max})")
+        if self.alpha <= 0:
+            raise ConfigError(f"alpha must be positive, got {self.alpha}")
+
+
+@dataclass
+class TQROutput:
+    """Per-action outputs, all [B, T] with T = sequence length - 1 (see the module docstring)."""
+
+    q_values: torch.Tensor
+    reward_mean: torch.Tensor
+    reward_log_std: torch.Tensor
+    reward_weights: torch.Tensor
+    mask: torch.Tensor
+
+
+class RewardWeights(nn.Module):
+    """Eq. 11, as in the Preference Transformer: one single-head, non-causal attention layer over the valid
+    positions; w_t is the mean over (valid) query rows of softmax_t(q_i . k_t / sqrt(d))."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
+        queries, keys = self.query(hidden).float(), self.key(hidden).float()
+        scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
+        scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+        attention = scores.softmax(-1) * mask[:, :, None]  # invalid query rows contribute nothing
+        counts = mask.sum(-1, keepdim=True).clamp(min=1)
+        weights = attention.sum(1) / counts  # column mean over valid rows; sums to 1 over valid columns
+        weights = weights * mask
+        return weights * counts if rescale else weights
+
+
+def _lm_head_projection(backbone: PreTrainedModel) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """(weight, bias, hidden scale) such that logits = linear(scale * h, weight, bias) equals the backbone's own
+    logits (tested per architecture). Covers the quirks of the supported families."""
+    config = backbone.config
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        raise ConfigError("backbones with final_logit_softcapping (Gemma 2) are not supported yet")
+    head = backbone.get_output_embeddings()
+    bias = head.bias
+    final_bias = getattr(backbone, "final_logits_bias", None)  # BART-style buffer added to the logits
+    if final_bias is not None:
+        bias = final_bias.view(-1) if bias is None else bias + final_bias.view(-1)
+    scale = float(getattr(config, "logit_scale", None) or 1.0)  # Cohere multiplies logits by logit_scale
+    if getattr(config, "scale_decoder_outputs", False):  # T5 with tied embeddings rescales the decoder output
+        scale *= config.d_model**-0.5
+    return head.weight, bias, scale
+
+
+class TQRModel(nn.Module):
+    """Transformer + Q head + Gaussian reward head + reward weights over any causal LM or encoder-decoder."""
+
+    def __init__(self, backbone: PreTrainedModel, config: TQRConfig | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.tqr_config = config or TQRConfig()
+        self.is_encoder_decoder = bool(backbone.config.is_encoder_decoder)
+        hidden_size = backbone.config.get_text_config().hidden_size
+        vocab_size = backbone.get_output_embeddings().weight.shape[0]
+        # Two outputs per position: reward_mean and reward_log_std. Zero init starts at the prior N(0, 1).
+        self.reward_head = nn.Linear(hidden_size, 2)
+        nn.init.zeros_(self.reward_head.weight)
+        nn.init.zeros_(self.reward_head.bias)
+        self.reward_weights = RewardWeights(hidden_size) if self.tqr_config.use_reward_weights else None
+        self.q_head = None if self.tqr_config.pretrained_q else nn.Linear(hidden_size, vocab_size)
+
+    # -- construction and persistence -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, config: TQRConfig | None = None, **backbone_kwargs: Any) -> "TQRModel":
+        """Load a saved TQR model (a directory with tqr_config.json), or wrap a plain backbone (hub id or path)
+        with fresh heads described by ``config``."""
+        tqr_config_path = os.path.join(name_or_path, TQR_CONFIG_NAME)
+        saved = os.path.isfile(tqr_config_path)
+        if saved:
+            with open(tqr_config_path) as handle:
+                config = TQRConfig(**json.load(handle))
+        backbone_config = AutoConfig.from_pretrained(name_or_path)
+        auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
+        model = cls(auto_class.from_pretrained(name_or_path, **backbone_kwargs), config)
+        if saved:
+            model.load_heads(name_or_path)
+        return model
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def load_heads(self, directory: str) -> None:
+        state = load_file(os.path.join(directory, TQR_HEADS_NAME))
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ConfigError(f"{directory}: head weights do not match the config (missing {missing}, unexpected {unexpected})")
+
+    def save_pretrained(self, directory: str, **kwargs: Any) -> None:
+        """The backbone in its own Hugging Face format (loadable alone by AutoModelFor*), plus the heads."""
+        os.makedirs(directory, exist_ok=True)
+        self.backbone.save_pretrained(directory, **kwargs)
+        save_file({k: v.contiguous() for k, v in self.head_state_dict().items()}, os.path.join(directory, TQR_HEADS_NAME))
+        with open(os.path.join(directory, TQR_CONFIG_NAME), "w") as handle:
+            json.dump(asdict(self.tqr_config), handle, indent=2)
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.backbone.gradient_checkpointing_enable(**kwargs)
+
+    # -- forward -----------------------------------------------------------------------------------------
+    def sequence_hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Last hidden states [B, L, H] of the sequence the actions live in (decoder side for encoder-decoders)."""
+        if self.is_encoder_decoder:
+            encoder_out = self.backbone.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+            return self.backbone.get_decoder()(
+                input_ids=decoder_input_ids,
+                attention_mask=decoder_attention_mask,
+                encoder_hidden_states=encoder_out.last_hidden_state,
+                encoder_attention_mask=attention_mask,
+            ).last_hidden_state
+        return self.backbone.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def q_projection(self) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        if self.q_head is not None:
+            return self.q_head.weight, self.q_head.bias, 1.0
+        return _lm_head_projection(self.backbone)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_mask: torch.Tensor,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> TQROutput:
+        """``completion_mask`` marks response tokens of the action sequence (``decoder_input_ids`` for
+        encoder-decoders, else ``input_ids``); only transitions whose action is a response token are valid."""
+        tokens = decoder_input_ids if self.is_encoder_decoder else input_ids
+        token_mask = decoder_attention_mask if self.is_encoder_decoder else attention_mask
+        if token_mask is None:
+            token_mask = torch.ones_like(tokens)
+        hidden = self.sequence_hidden_states(input_ids, attention_mask, decoder_input_ids, token_mask)
+        mask = (completion_mask[:, 1:] * token_mask[:, 1:]).bool()
+        state_hidden, next_hidden = hidden[:, :-1], hidden[:, 1:]
+
+        # Q only at positions that enter the loss: gather them before the vocabulary-sized projection.
+        weight, bias, scale = self.q_projection()
+        q_flat = pretrained_q_values(
+            state_hidden[mask] * scale if scale != 1.0 else state_hidden[mask],
+            weight,
+            bias,
+            tokens[:, 1:][mask],
+            self.tqr_config.alpha,
+            chunk_size=self.tqr_config.q_chunk_size,
+        )
+        q_values = torch.zeros(mask.shape, dtype=q_flat.dtype, device=q_flat.device).masked_scatter(mask, q_flat)
+
+        reward = self.reward_head(next_hidden).float()
+        reward_mean = reward[..., 0]
+        reward_log_std = reward[..., 1].clamp(self.tqr_config.log_std_min, self.tqr_config.log_std_max)
+        if self.reward_weights is not None:
+            weights = self.reward_weights(next_hidden, mask, self.tqr_config.rescale_reward_weights)
+        else:
+            weights = mask.float()
+        return TQROutput(q_values, reward_mean, reward_log_std, weights, mask)

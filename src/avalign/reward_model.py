@@ -1,0 +1,89 @@
+"""Inference with a trained TQR model: per-token reward means, sigmas and weights, and sequence scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .data.collator import TQRCollator
+from .data.tokenize import ensure_pad_token, tokenize_dataset
+from .evaluation.pairwise import pairwise_accuracy
+from .losses import sequence_rewards
+from .modeling import TQRModel
+
+
+@dataclass
+class ResponseRewards:
+    """Rewards of one response. Per-token lists cover the response tokens (EOS included), in order."""
+
+    token_ids: list[int]
+    reward_mean: list[float]
+    reward_std: list[float]
+    reward_weights: list[float]
+    last: float  # weighted reward mean at the last response token
+    sum: float  # Eq. 19: sum of weighted reward means over the response
+
+
+class AVARewardModel:
+    """Scores (prompt, response) pairs with a TQR model, in batches, without gradients."""
+
+    def __init__(
+        self, model: TQRModel, tokenizer: PreTrainedTokenizerBase, *, max_length: int | None = None,
+        batch_size: int = 32, device: str | torch.device | None = None,
+    ):
+        self.model = model.eval()
+        self.tokenizer = ensure_pad_token(tokenizer)
+        self.max_length, self.batch_size = max_length, batch_size
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+        self.collator = TQRCollator(
+            tokenizer.pad_token_id, model.is_encoder_decoder, getattr(model.backbone.config, "decoder_start_token_id", None)
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs) -> "AVARewardModel":
+        return cls(TQRModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kwargs)
+
+    @torch.no_grad()
+    def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
+        """One ResponseRewards per (prompt, response); prompts/responses are strings or conversational messages."""
+        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        tokenized, _ = tokenize_dataset(
+            rows, self.tokenizer, max_length=self.max_length, is_encoder_decoder=self.model.is_encoder_decoder,
+            source="scored rows",
+        )
+        results = []
+        starts = range(0, len(tokenized), self.batch_size)
+        for start in tqdm(starts, desc="scoring", disable=not progress):
+            features = [tokenized[i] for i in range(start, min(start + self.batch_size, len(tokenized)))]
+            batch = self.collator(features)
+            batch.pop("is_preference")
+            out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
+            scores = sequence_rewards(out.reward_mean, out.reward_weights, out.mask)
+            for row, feature in enumerate(features):
+                valid = out.mask[row]
+                results.append(
+                    ResponseRewards(
+                        token_ids=list(feature["completion_ids"][: int(valid.sum())]),
+                        reward_mean=out.reward_mean[row][valid].tolist(),
+                        reward_std=out.reward_log_std[row][valid].exp().tolist(),
+                        reward_weights=out.reward_weights[row][valid].tolist(),
+                        last=float(scores["last"][row]),
+                        sum=float(scores["sum"][row]),
+                    )
+                )
+        return results
+
+    def evaluate_pairs(self, dataset: Dataset, progress: bool = False) -> dict[str, float]:
+        """Pairwise accuracy (ties wrong) under both scorings over prompt/chosen/rejected rows."""
+        chosen = self.score(dataset["prompt"], dataset["chosen"], progress)
+        rejected = self.score(dataset["prompt"], dataset["rejected"], progress)
+        return {
+            "accuracy_last": pairwise_accuracy([c.last for c in chosen], [r.last for r in rejected]),
+            "accuracy_sum": pairwise_accuracy([c.sum for c in chosen], [r.sum for r in rejected]),
+            "n": len(dataset),
+        }

@@ -1,0 +1,110 @@
+"""AVAConfig: every AVA option, as a TrainingArguments subclass (so every Trainer flag works too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from ..errors import ConfigError
+from ..losses import CER_FORMS, REDUCTIONS, WEIGHT_TARGETS
+from ..modeling import TQRConfig
+from ..data.tokenize import TOO_LONG_POLICIES
+
+OBJECTIVES = ("ava-p", "ava-d")
+SCORINGS = ("last", "sum")
+
+
+@dataclass
+class AVAConfig(TrainingArguments):
+    """Configuration of [`AVATrainer`]. Defaults of alpha, beta, gamma and lambda are this project's choices
+    (the paper publishes none); docs/method.md gives the sweep that chose them."""
+
+    # -- objective ------------------------------------------------------------------------------------------
+    objective: str = field(
+        default="ava-p",
+        metadata={"help": "ava-p: preference pairs (Eq. 17 + CER, Eq. 18). ava-d: demonstrations (Eq. 13); on "
+                  "preference data it trains on the chosen responses.", "choices": list(OBJECTIVES)},
+    )
+    alpha: float = field(default=1.0, metadata={"help": "alpha of the pretrained-Q transform (Eq. 12)."})
+    beta: float = field(default=1.0, metadata={"help": "beta, weight of the Q (policy) term (Eqs. 13, 17)."})
+    gamma: float = field(default=1.0, metadata={"help": "gamma, discount in the TD error (Eq. 14)."})
+    lam: float = field(default=1.0, metadata={"help": "lambda, weight of the TD log-likelihood term (Eqs. 13, 17)."})
+    cer_coef: float = field(default=1.0, metadata={"help": "Weight of the CER auxiliary term (Eq. 18), AVA-p only."})
+    cer_form: str = field(
+        default="sigmoid",
+        metadata={"help": "CER as printed in the paper (sigmoid of the reward margin) or its log (logsigmoid).",
+                  "choices": list(CER_FORMS)},
+    )
+    reduction: str = field(
+        default="mean",
+        metadata={"help": "Per-sequence reduction of per-token terms: token mean over valid response positions, "
+                  "or sum.", "choices": list(REDUCTIONS)},
+    )
+    # -- ablations (paper's names in quotes) ------------------------------------------------------------------
+    use_reward_weights: bool = field(default=True, metadata={"help": "Reward weights w_t (Eq. 11); False = 'w/o rwt'."})
+    use_negative: bool = field(default=True, metadata={"help": "Rejected sequence's Q term; False = 'w/o neg'."})
+    use_irl: bool = field(default=True, metadata={"help": "KL and TD terms; False = 'w/o irl'."})
+    use_cer: bool = field(default=True, metadata={"help": "CER term (AVA-p); False = 'w/o cer'."})
+    pretrained_q: bool = field(default=True, metadata={"help": "Q from the LM head; False = fresh Q head, 'w/o ptq'."})
+    # -- the open decisions of docs/method.md ---------------------------------------------------------------
+    rescale_reward_weights: bool = field(
+        default=True, metadata={"help": "Multiply w_t by the number of valid positions (uniform weights = 1)."}
+    )
+    weights_apply_to: str = field(
+        default="mean",
+        metadata={"help": "What w_t multiplies in the TD likelihood: the reward mean, or mean and std.",
+                  "choices": list(WEIGHT_TARGETS)},
+    )
+    log_std_min: float = field(default=-5.0, metadata={"help": "Lower clamp of the predicted log sigma."})
+    log_std_max: float = field(default=2.0, metadata={"help": "Upper clamp of the predicted log sigma."})
+    q_chunk_size: int | None = field(
+        default=None, metadata={"help": "Rows per chunk of the vocabulary-sized Q computation (None: op default)."}
+    )
+    # -- data -------------------------------------------------------------------------------------------------
+    max_length: int | None = field(
+        default=512, metadata={"help": "Maximum prompt + response tokens (each side for encoder-decoders)."}
+    )
+    too_long: str = field(
+        default="truncate",
+        metadata={"help": "Responses that do not fit: cut their end (truncate) or drop the row (drop); both counted.",
+                  "choices": list(TOO_LONG_POLICIES)},
+    )
+    scoring: str = field(
+        default="last",
+        metadata={"help": "Sequence score for accuracy: last response token's reward mean, or their sum (Eq. 19).",
+                  "choices": list(SCORINGS)},
+    )
+    # -- TrainingArguments defaults that suit this trainer ----------------------------------------------------
+    output_dir: str | None = field(default="outputs/avalign", metadata={"help": "Where checkpoints and the model go."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs the tokenised columns."}
+    )
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("objective", OBJECTIVES),
+            ("cer_form", CER_FORMS),
+            ("reduction", REDUCTIONS),
+            ("weights_apply_to", WEIGHT_TARGETS),
+            ("too_long", TOO_LONG_POLICIES),
+            ("scoring", SCORINGS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} '{getattr(self, name)}'; expected one of {list(allowed)}")
+        self.tqr_config()  # validates the model-side options early
+        super().__post_init__()
+
+    def tqr_config(self) -> TQRConfig:
+        """The model-side part of this config (saved with the model as tqr_config.json)."""
+        return TQRConfig(
+            pretrained_q=self.pretrained_q,
+            alpha=self.alpha,
+            use_reward_weights=self.use_reward_weights,
+            rescale_reward_weights=self.rescale_reward_weights,
+            log_std_min=self.log_std_min,
+            log_std_max=self.log_std_max,
+            q_chunk_size=self.q_chunk_size,
+        )

@@ -1,0 +1,216 @@
+"""AVATrainer: a transformers.Trainer that trains a TQR model with AVA-p or AVA-d."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+
+from ..data.collator import TQRCollator
+from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
+from ..errors import ConfigError, DataError, TrainingDivergedError
+from ..evaluation.pairwise import pairwise_accuracy
+from ..losses import AVAObjective, ava_d_objective, ava_p_objective, sequence_rewards, sequence_terms
+from ..modeling import TQRModel, TQROutput
+from .ava_config import AVAConfig
+
+
+def _as_demonstrations(dataset: Dataset) -> Dataset:
+    """AVA-d on preference data learns from the chosen responses only (the rejected ones are not demonstrations)."""
+    return dataset.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion")
+
+
+def _rows(output: TQROutput, rows: slice) -> dict[str, torch.Tensor]:
+    return {name: getattr(output, name)[rows] for name in ("q_values", "reward_mean", "reward_log_std", "reward_weights", "mask")}
+
+
+class AVATrainer(Trainer):
+    """Trains a [`TQRModel`] with the AVA objectives.
+
+    ``model`` is a TQRModel or a hub id / path (a saved TQR model, or a plain backbone that gets fresh heads from
+    ``args``). Datasets are in TRL's formats: prompt/chosen/rejected (needed by AVA-p) or prompt/completion
+    (AVA-d), standard or conversational; they are tokenised here and the truncation counts are printed.
+
+    Example:
+    ```python
+    from avalign import AVAConfig, AVATrainer
+    trainer = AVATrainer("gpt2", args=AVAConfig(output_dir="ava-gpt2"), train_dataset=train, eval_dataset=test)
+    trainer.train()
+    ```
+    """
+
+    def __init__(
+        self,
+        model: TQRModel | str,
+        args: AVAConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        **kwargs: Any,
+    ):
+        args = args if args is not None else AVAConfig()
+        if not isinstance(args, AVAConfig):
+            raise ConfigError(f"AVATrainer needs an AVAConfig, got {type(args).__name__}")
+        if isinstance(model, str):
+            processing_class = processing_class or AutoTokenizer.from_pretrained(model)
+            model = TQRModel.from_pretrained(model, args.tqr_config())
+        if processing_class is None:
+            raise ConfigError("pass processing_class (the tokenizer) when model is a TQRModel object")
+        ensure_pad_token(processing_class)
+        backbone_config = model.backbone.config
+        self.tokenize_reports: dict[str, TokenizeReport] = {}
+        train_dataset = self._tokenize(train_dataset, "train", processing_class, model.is_encoder_decoder, args)
+        eval_dataset = self._tokenize(eval_dataset, "eval", processing_class, model.is_encoder_decoder, args)
+        collator = TQRCollator(
+            pad_token_id=processing_class.pad_token_id,
+            is_encoder_decoder=model.is_encoder_decoder,
+            decoder_start_token_id=getattr(backbone_config, "decoder_start_token_id", None),
+        )
+        self._eval_is_preference = eval_dataset is not None and "rejected_ids" in eval_dataset.column_names
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=kwargs.pop("data_collator", collator),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=kwargs.pop("compute_metrics", self._pairwise_metrics if self._eval_is_preference else None),
+            **kwargs,
+        )
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    # -- data -----------------------------------------------------------------------------------------------
+    def _tokenize(self, dataset, split, tokenizer, is_encoder_decoder, args) -> Dataset | None:
+        if dataset is None:
+            return None
+        if "prompt_ids" in dataset.column_names:  # already tokenised by the caller
+            return dataset
+        columns = response_columns(dataset.column_names)
+        if split == "train" and args.objective == "ava-p" and columns != ("chosen", "rejected"):
+            raise DataError(
+                f"objective ava-p needs preference rows (prompt/chosen/rejected); the train set has {dataset.column_names}",
+                path="train_dataset",
+                field="chosen/rejected",
+            )
+        if split == "train" and args.objective == "ava-d" and columns == ("chosen", "rejected"):
+            dataset = _as_demonstrations(dataset)
+        tokenized, report = tokenize_dataset(
+            dataset, tokenizer, max_length=args.max_length, is_encoder_decoder=is_encoder_decoder,
+            too_long=args.too_long, source=f"{split}_dataset",
+        )
+        self.tokenize_reports[split] = report
+        if args.should_log:
+            print(f"[avalign] {split}: {report.summary()}")
+        return tokenized
+
+    # -- loss -----------------------------------------------------------------------------------------------
+    def _objective(self, output: TQROutput, is_pair: bool) -> tuple[AVAObjective, dict[str, torch.Tensor] | None]:
+        """The AVA objective of a batch, and (for preference batches) the sequence scores of both halves."""
+        args: AVAConfig = self.args
+        half = output.mask.shape[0] // 2 if is_pair else output.mask.shape[0]
+        chosen = _rows(output, slice(0, half))
+        options = dict(gamma=args.gamma, reduction=args.reduction, weights_apply_to=args.weights_apply_to)
+        chosen_terms = sequence_terms(**chosen, **options)
+        scores = None
+        if is_pair:
+            rejected = _rows(output, slice(half, None))
+            scores = {
+                "chosen": sequence_rewards(chosen["reward_mean"], chosen["reward_weights"], chosen["mask"]),
+                "rejected": sequence_rewards(rejected["reward_mean"], rejected["reward_weights"], rejected["mask"]),
+            }
+        if args.objective == "ava-p":
+            if scores is None:
+                raise DataError("objective ava-p needs preference rows (prompt/chosen/rejected)", field="chosen/rejected")
+            rejected_terms = sequence_terms(**rejected, **options)
+            objective = ava_p_objective(
+                chosen_terms, rejected_terms, scores["chosen"]["last"], scores["rejected"]["last"],
+                beta=args.beta, lam=args.lam, cer_coef=args.cer_coef, cer_form=args.cer_form,
+                use_negative=args.use_negative, use_irl=args.use_irl, use_cer=args.use_cer,
+            )
+        else:
+            objective = ava_d_objective(chosen_terms, beta=args.beta, lam=args.lam, use_irl=args.use_irl)
+        objective.terms["td_error"] = chosen_terms.td_error.mean()
+        return objective, scores
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        is_pair = bool(inputs.pop("is_preference"))
+        output: TQROutput = model(**inputs)
+        objective, scores = self._objective(output, is_pair)
+        loss = objective.loss
+        mode = "train" if model.training else "eval"
+        if mode == "train" and not torch.isfinite(loss):
+            terms = {k: round(float(v), 4) for k, v in objective.terms.items()}
+            raise TrainingDivergedError(
+                f"loss is {loss.item()} at step {self.state.global_step + 1}; stopping instead of training on. "
+                f"Terms: {terms}. Try a lower learning rate or a tighter log_std clamp."
+            )
+        self._record(mode, objective, output, scores)
+        return (loss, (output, scores)) if return_outputs else loss
+
+    # -- metrics --------------------------------------------------------------------------------------------
+    def _record(self, mode: str, objective: AVAObjective, output: TQROutput, scores) -> None:
+        mask = output.mask
+        values = {f"objective/{name}": value.detach() for name, value in objective.terms.items()}
+        values["rewards/sigma"] = output.reward_log_std.detach().exp()[mask].mean()
+        if scores is not None:
+            half = mask.shape[0] // 2
+            mean = output.reward_mean.detach()
+            values["rewards/chosen"] = mean[:half][mask[:half]].mean()
+            values["rewards/rejected"] = mean[half:][mask[half:]].mean()
+            chosen, rejected = scores["chosen"][self.args.scoring], scores["rejected"][self.args.scoring]
+            values["rewards/accuracy"] = (chosen > rejected).float().mean()
+            values["rewards/margin"] = (chosen - rejected).mean()
+        for name, value in values.items():
+            self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.reshape(1)).float().mean().item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if "loss" in logs else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        logs = {**logs, **{prefix + k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}}
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        with torch.no_grad():
+            loss, (_, scores) = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only or scores is None:
+            return loss.detach(), None, None
+        logits = torch.stack(
+            [scores["chosen"]["last"], scores["rejected"]["last"], scores["chosen"]["sum"], scores["rejected"]["sum"]],
+            dim=1,
+        )
+        # Trainer only calls compute_metrics when labels exist; pairs carry their label in their order.
+        return loss.detach(), logits, torch.zeros(logits.shape[0], device=logits.device)
+
+    def _pairwise_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        scores = np.asarray(prediction.predictions)
+        metrics = {
+            "accuracy_last": pairwise_accuracy(scores[:, 0], scores[:, 1]),
+            "accuracy_sum": pairwise_accuracy(scores[:, 2], scores[:, 3]),
+            "n": float(scores.shape[0]),
+        }
+        metrics["accuracy"] = metrics[f"accuracy_{self.args.scoring}"]
+        return metrics
+
+    # -- persistence: backbone in its own HF format plus the heads (see TQRModel.save_pretrained) -------------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        loaded = TQRModel.from_pretrained(resume_from_checkpoint)
+        model.load_state_dict(loaded.state_dict())
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)

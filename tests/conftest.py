@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """(train pairs, eval pairs, task) of a small synthetic task instance."""
+    from avalign.data.synthetic import synthetic_datasets
+
+    return synthetic_datasets("preference", num_train=64, num_eval=32)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(synthetic):
+    return synthetic[2].tokenizer()
+
+
+def tiny_backbone(arch, tokenizer, seed=0):
+    from avalign.backbones import build_backbone
+
+    return build_backbone(
+        arch, len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=seed,
+    )

@@ -1,0 +1,141 @@
+"""The TQR model: Q transform bounds, reward-index causality, LM-head projection, heads, save/load."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avalign.data.collator import TQRCollator
+from avalign.data.tokenize import tokenize_dataset
+from avalign.modeling import TQRConfig, TQRModel, _lm_head_projection
+from avalign.ops import pretrained_q_values
+from avalign.reward_model import AVARewardModel
+
+from conftest import tiny_backbone
+
+ARCHS = ["gpt2", "llama", "qwen2", "bart", "t5"]
+
+
+def batch_for(model, tokenizer, rows):
+    data, _ = tokenize_dataset(rows, tokenizer, max_length=64, is_encoder_decoder=model.is_encoder_decoder)
+    collator = TQRCollator(tokenizer.pad_token_id, model.is_encoder_decoder, getattr(model.backbone.config, "decoder_start_token_id", None))
+    batch = collator([data[i] for i in range(len(data))])
+    batch.pop("is_preference")
+    return batch
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 8.0])
+def test_q_transform_is_bounded(alpha):
+    """Q = alpha*p(a) - log sum_a' exp(alpha*p(a')) lies in [-log(V-1+e^a), a - log(V-1+e^a)]: pushing the
+    rejected sequence's Q down cannot diverge."""
+    vocab, hidden = 50, 8
+    weight = torch.randn(vocab, hidden, requires_grad=True)
+    h = torch.randn(16, hidden) * 30  # extreme logits
+    actions = torch.randint(vocab, (16,))
+    low, high = -math.log(vocab - 1 + math.exp(alpha)), alpha - math.log(vocab - 1 + math.exp(alpha))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    for _ in range(200):  # minimise Q of the taken actions, as the rejected term does
+        q = pretrained_q_values(h, weight, None, actions, alpha)
+        assert q.min() >= low - 1e-5 and q.max() <= high + 1e-5
+        optimizer.zero_grad()
+        q.sum().backward()
+        optimizer.step()
+    assert q.min().item() == pytest.approx(low, abs=1e-3)  # it saturates at the bound instead of diverging
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lm_head_projection_reproduces_backbone_logits(arch, tokenizer, synthetic):
+    model = TQRModel(tiny_backbone(arch, tokenizer))
+    batch = batch_for(model, tokenizer, synthetic[0].select(range(4)))
+    hidden = model.sequence_hidden_states(batch["input_ids"], batch["attention_mask"], batch.get("decoder_input_ids"), batch.get("decoder_attention_mask"))
+    weight, bias, scale = _lm_head_projection(model.backbone)
+    inputs = {k: v for k, v in batch.items() if k != "completion_mask"}
+    torch.testing.assert_close(F.linear(hidden * scale, weight, bias), model.backbone(**inputs).logits)
+
+
+def test_q_values_are_the_transformed_lm_policy(tokenizer, synthetic):
+    """Q(y_1:i, y_i+1) equals log softmax(alpha * softmax(backbone logits at i)) at the next token."""
+    model = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(alpha=3.0))
+    batch = batch_for(model, tokenizer, synthetic[0].select(range(2)))
+    out = model(**batch)
+    logits = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    q_all = torch.log_softmax(3.0 * logits.softmax(-1), -1)[:, :-1]
+    expected = q_all.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(out.q_values[out.mask], expected[out.mask], rtol=1e-5, atol=1e-5)
+    assert (out.q_values[~out.mask] == 0).all()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_reward_index_causality(arch, tokenizer):
+    """R(y_1:t+1) depends on y_t+1 (its hidden state has seen the action) but the unweighted mu does not depend
+    on y_t+2."""
+    torch.manual_seed(0)
+    model = TQRModel(tiny_backbone(arch, tokenizer)).eval()
+    torch.nn.init.normal_(model.reward_head.weight, std=1.0)  # zero init would make every mu equal
+    ids = torch.randint(5, len(tokenizer), (1, 10))
+    if model.is_encoder_decoder:
+        prompt = torch.randint(5, len(tokenizer), (1, 4))
+        def forward(seq):
+            ones = torch.ones_like(seq)
+            return model(prompt, torch.ones_like(prompt), ones, seq, ones)
+    else:
+        def forward(seq):
+            return model(seq, torch.ones_like(seq), torch.ones_like(seq))
+    t = 4  # column t is the transition with action ids[:, t + 1]
+    base = forward(ids).reward_mean
+    changed_action = ids.clone()
+    changed_action[0, t + 1] = 5 + (ids[0, t + 1] - 5 + 1) % (len(tokenizer) - 5)
+    changed_next = ids.clone()
+    changed_next[0, t + 2] = 5 + (ids[0, t + 2] - 5 + 1) % (len(tokenizer) - 5)
+    assert not torch.allclose(forward(changed_action).reward_mean[0, t], base[0, t])
+    torch.testing.assert_close(forward(changed_next).reward_mean[0, : t + 1], base[0, : t + 1])
+
+
+def test_reward_weights_mask_and_rescale(tokenizer, synthetic):
+    model = TQRModel(tiny_backbone("gpt2", tokenizer))
+    out = model(**batch_for(model, tokenizer, synthetic[0].select(range(3))))
+    assert (out.reward_weights[~out.mask] == 0).all()
+    torch.testing.assert_close(out.reward_weights.sum(-1), out.mask.sum(-1).float())  # rescaled: mean weight 1
+    plain = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(rescale_reward_weights=False))
+    plain.load_state_dict(model.state_dict())
+    out_plain = plain(**batch_for(model, tokenizer, synthetic[0].select(range(3))))
+    torch.testing.assert_close(out_plain.reward_weights.sum(-1), torch.ones(out.mask.shape[0]))
+
+
+def test_without_reward_weights_they_are_one(tokenizer, synthetic):
+    model = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(use_reward_weights=False))
+    assert model.reward_weights is None
+    out = model(**batch_for(model, tokenizer, synthetic[0].select(range(3))))
+    torch.testing.assert_close(out.reward_weights, out.mask.float())
+
+
+def test_without_pretrained_q_a_fresh_head_gives_q(tokenizer, synthetic):
+    """'w/o ptq': Q is the same transform applied to a fresh linear head's logits, not the LM head's."""
+    model = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(pretrained_q=False, alpha=2.0))
+    batch = batch_for(model, tokenizer, synthetic[0].select(range(2)))
+    out = model(**batch)
+    hidden = model.sequence_hidden_states(batch["input_ids"], batch["attention_mask"])[:, :-1]
+    actions = batch["input_ids"][:, 1:, None]
+    from_fresh_head = torch.log_softmax(2.0 * model.q_head(hidden).softmax(-1), -1).gather(-1, actions).squeeze(-1)
+    from_lm_head = torch.log_softmax(2.0 * model.backbone.lm_head(hidden).softmax(-1), -1).gather(-1, actions).squeeze(-1)
+    torch.testing.assert_close(out.q_values[out.mask], from_fresh_head[out.mask], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out.q_values[out.mask], from_lm_head[out.mask], atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_save_load_round_trip_gives_identical_scores(arch, tokenizer, synthetic, tmp_path):
+    torch.manual_seed(1)
+    model = TQRModel(tiny_backbone(arch, tokenizer), TQRConfig(alpha=2.0, log_std_max=1.5))
+    for module in (model.reward_head, model.reward_weights.query):
+        torch.nn.init.normal_(module.weight)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    rows = synthetic[1].select(range(5))
+    before = AVARewardModel(model, tokenizer).score(rows["prompt"], rows["chosen"])
+    loaded = AVARewardModel.from_pretrained(str(tmp_path))
+    after = loaded.score(rows["prompt"], rows["chosen"])
+    assert loaded.model.tqr_config == model.tqr_config
+    assert [r.reward_mean for r in before] == [r.reward_mean for r in after]
+    assert [(r.last, r.sum) for r in before] == [(r.last, r.sum) for r in after]
+    assert len(set(r.last for r in before)) > 1  # scores differ between responses
