@@ -49,21 +49,25 @@ class AVARewardModel:
         return cls(TQRModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kwargs)
 
     @torch.no_grad()
-    def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
-        """One ResponseRewards per (prompt, response); prompts/responses are strings or conversational messages."""
-        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+    def _forward(self, rows: Dataset, progress: bool):
+        """Yield (tokenised features, TQROutput, sequence scores) per batch; pairs are truncated jointly, exactly as
+        in training, and come back as 2B rows (chosen first)."""
         tokenized, _ = tokenize_dataset(
             rows, self.tokenizer, max_length=self.max_length, is_encoder_decoder=self.model.is_encoder_decoder,
             source="scored rows",
         )
-        results = []
-        starts = range(0, len(tokenized), self.batch_size)
-        for start in tqdm(starts, desc="scoring", disable=not progress):
+        for start in tqdm(range(0, len(tokenized), self.batch_size), desc="scoring", disable=not progress):
             features = [tokenized[i] for i in range(start, min(start + self.batch_size, len(tokenized)))]
             batch = self.collator(features)
             batch.pop("is_preference")
             out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
-            scores = sequence_rewards(out.reward_mean, out.reward_weights, out.mask)
+            yield features, out, sequence_rewards(out.reward_mean, out.reward_weights, out.mask)
+
+    def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
+        """One ResponseRewards per (prompt, response); prompts/responses are strings or conversational messages."""
+        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        results = []
+        for features, out, scores in self._forward(rows, progress):
             for row, feature in enumerate(features):
                 valid = out.mask[row]
                 results.append(
@@ -80,10 +84,15 @@ class AVARewardModel:
 
     def evaluate_pairs(self, dataset: Dataset, progress: bool = False) -> dict[str, float]:
         """Pairwise accuracy (ties wrong) under both scorings over prompt/chosen/rejected rows."""
-        chosen = self.score(dataset["prompt"], dataset["chosen"], progress)
-        rejected = self.score(dataset["prompt"], dataset["rejected"], progress)
+        chosen: dict[str, list[float]] = {"last": [], "sum": []}
+        rejected: dict[str, list[float]] = {"last": [], "sum": []}
+        for features, _, scores in self._forward(dataset.select_columns(["prompt", "chosen", "rejected"]), progress):
+            half = len(features)
+            for scoring in ("last", "sum"):
+                chosen[scoring] += scores[scoring][:half].tolist()
+                rejected[scoring] += scores[scoring][half:].tolist()
         return {
-            "accuracy_last": pairwise_accuracy([c.last for c in chosen], [r.last for r in rejected]),
-            "accuracy_sum": pairwise_accuracy([c.sum for c in chosen], [r.sum for r in rejected]),
-            "n": len(dataset),
+            "accuracy_last": pairwise_accuracy(chosen["last"], rejected["last"]),
+            "accuracy_sum": pairwise_accuracy(chosen["sum"], rejected["sum"]),
+            "n": len(chosen["last"]),
         }

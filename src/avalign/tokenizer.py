@@ -6,8 +6,6 @@ no input ever becomes `<unk>`. The result is a `PreTrainedTokenizerFast` that `A
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -104,21 +102,17 @@ def _texts_in_file(path: str, text_fields: Sequence[str] | None) -> Iterator[str
         with open(path, encoding="utf-8") as lines:
             yield from (line.rstrip("\n") for line in lines if line.strip())
         return
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for row_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"invalid JSON ({error.msg})", path=path, row=row_number) from None
-            if not isinstance(row, dict):
-                raise DataError("expected a JSON object", path=path, row=row_number)
-            yield from _row_texts(row, text_fields, path, row_number)
+    from avalign.data.loading import read_file  # the project's one JSONL reader, with line-numbered errors
+
+    for record in read_file(path):
+        yield from row_texts(record.data, text_fields, path, record.row)
 
 
-def _row_texts(row: dict, text_fields: Sequence[str] | None, path: str, row_number: int) -> Iterator[str]:
+def row_texts(
+    row: Mapping, text_fields: Sequence[str] | None = None, path: str = "dataset", row_number: int | None = None
+) -> Iterator[str]:
+    """Training texts of one row: the given fields joined, or by default prompt+chosen and prompt+rejected for
+    preference rows and every text field otherwise."""
     if text_fields:
         parts = []
         for field in text_fields:

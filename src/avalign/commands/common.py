@@ -9,7 +9,6 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..backbones import build_backbone
 from ..data.synthetic import SyntheticTask, synthetic_datasets
-from ..errors import ConfigError
 from ..modeling import TQRModel
 
 SYNTHETIC = "synthetic"
@@ -39,7 +38,13 @@ class DataArguments:
     synthetic_eval_size: int = field(default=500, metadata={"help": "Evaluation pairs of the synthetic task."})
     backbone_arch: str = field(
         default="gpt2",
-        metadata={"help": "Architecture of the from-scratch default backbone: gpt2, llama, qwen2, bart or t5."},
+        metadata={"help": "Architecture of the from-scratch backbone used when no --model_name_or_path is given: "
+                  "gpt2, llama, qwen2, bart or t5."},
+    )
+    tokenizer_vocab_size: int = field(
+        default=4000,
+        metadata={"help": "Without --model_name_or_path on real data: vocabulary of the byte-level BPE tokenizer "
+                  "trained on the training split."},
     )
 
 
@@ -62,15 +67,18 @@ def load_data_and_model(data_args: DataArguments, args, with_model: bool = True)
         tokenizer = task.tokenizer()
     else:
         from ..data import load_dataset
+        from ..tokenizer import row_texts, train_bpe_tokenizer
 
-        if data_args.model_name_or_path is None:
-            raise ConfigError("--model_name_or_path is required with --dataset_name (a hub id or a local path)")
         loaded = load_dataset(
             data_args.dataset_name, family=data_args.dataset_family, eval_fraction=data_args.eval_fraction,
             seed=data_args.dataset_seed, max_rows=data_args.max_rows,
         )
         train, eval_set = loaded.train, loaded.eval
-        tokenizer = AutoTokenizer.from_pretrained(data_args.model_name_or_path)
+        if data_args.model_name_or_path is not None:
+            tokenizer = AutoTokenizer.from_pretrained(data_args.model_name_or_path)
+        else:  # a from-scratch backbone: its tokenizer is trained here, offline, on the training split only
+            texts = (text for row in train for text in row_texts(row))
+            tokenizer = train_bpe_tokenizer(texts, data_args.tokenizer_vocab_size)
     model = None
     if with_model:
         if data_args.model_name_or_path is not None:

@@ -37,11 +37,11 @@ def run(data_args: DataArguments, args: AVAConfig) -> dict:
     if loaded.eval is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
     if loaded.task is not None and loaded.eval is not None and "chosen_gold_rewards" in loaded.eval.column_names:
-        from ..evaluation.gold import gold_reward_correlation
+        from ..evaluation.gold import gold_metrics
         from ..reward_model import AVARewardModel
 
         scorer = AVARewardModel(trainer.model, loaded.tokenizer, max_length=args.max_length)
-        metrics.update(gold_reward_correlation(scorer, loaded.eval))
+        metrics.update(gold_metrics(scorer, loaded.eval))
     metrics["output_dir"] = args.output_dir
     return metrics
 

@@ -1,15 +1,17 @@
-"""Agreement of learned per-token rewards with the synthetic task's gold per-token rewards."""
+"""Metrics against the synthetic task's gold per-token rewards."""
 
 from __future__ import annotations
 
 from datasets import Dataset
 
-from .pairwise import pearson
+from .pairwise import pairwise_accuracy, pearson
 
 
-def gold_reward_correlation(scorer, dataset: Dataset) -> dict[str, float]:
-    """Pearson correlation, over every response word of chosen and rejected responses, between the gold reward
-    and the learned reward mean (unweighted mu, and weighted w * mu). The EOS token has no gold reward."""
+def gold_metrics(scorer, dataset: Dataset) -> dict[str, float]:
+    """``gold_accuracy``: how often the gold return orders the pair as labelled (the ceiling for any reward model,
+    since labels were drawn Bradley-Terry from gold returns). ``gold_reward_pearson``: Pearson correlation, over
+    every response word of chosen and rejected responses, between the gold reward and the learned reward mean
+    (unweighted mu; ``gold_weighted_reward_pearson`` uses w * mu). EOS has no gold reward and is left out."""
     learned, weighted, gold = [], [], []
     for column in ("chosen", "rejected"):
         scored = scorer.score(dataset["prompt"], dataset[column])
@@ -18,4 +20,10 @@ def gold_reward_correlation(scorer, dataset: Dataset) -> dict[str, float]:
             learned += rewards.reward_mean[:n]
             weighted += [w * m for w, m in zip(rewards.reward_weights[:n], rewards.reward_mean[:n])]
             gold += list(gold_row[:n])
-    return {"gold_reward_pearson": pearson(learned, gold), "gold_weighted_reward_pearson": pearson(weighted, gold)}
+    return {
+        "gold_accuracy": pairwise_accuracy(
+            [sum(g) for g in dataset["chosen_gold_rewards"]], [sum(g) for g in dataset["rejected_gold_rewards"]]
+        ),
+        "gold_reward_pearson": pearson(learned, gold),
+        "gold_weighted_reward_pearson": pearson(weighted, gold),
+    }

@@ -79,6 +79,9 @@ class AVAConfig(TrainingArguments):
     output_dir: str | None = field(default="outputs/avalign", metadata={"help": "Where checkpoints and the model go."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Initial AdamW learning rate."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every TQR parameter takes part in the loss, so DDP need not search."}
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs the tokenised columns."}
     )

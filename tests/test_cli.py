@@ -1,0 +1,44 @@
+"""The CLI end to end on the synthetic task: train, then evaluate prints one JSON object last."""
+
+import json
+
+import pytest
+
+from avalign.cli import main
+
+
+def last_json_line(text):
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--output_dir", str(out), "--max_steps", "4", "--synthetic_train_size", "64",
+                 "--synthetic_eval_size", "40", "--disable_tqdm", "true", "--use_cpu", "true"])
+    assert code == 0
+    trained = last_json_line(capsys.readouterr().out)
+    assert trained["eval_n"] == 40 and 0 <= trained["eval_accuracy"] <= 1
+    assert -1 <= trained["gold_reward_pearson"] <= 1 and trained["gold_accuracy"] > 0.5
+    assert (out / "tqr_config.json").exists() and (out / "config.json").exists()
+
+    assert main(["evaluate", "--model_name_or_path", str(out), "--synthetic_eval_size", "40"]) == 0
+    evaluated = last_json_line(capsys.readouterr().out)
+    assert evaluated["n"] == 40
+    assert evaluated["accuracy"] == pytest.approx(trained["eval_accuracy"])
+    assert evaluated["gold_reward_pearson"] == pytest.approx(trained["gold_reward_pearson"])
+
+
+def test_config_file_and_flags(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"objective: ava-d\nmax_steps: 2\noutput_dir: {tmp_path / 'd'}\nsynthetic_train_size: 32\n"
+                      "synthetic_eval_size: 16\ndisable_tqdm: true\nuse_cpu: true\n")
+    assert main(["train", "--config", str(config), "--beta", "0.5"]) == 0
+    assert last_json_line(capsys.readouterr().out)["eval_n"] == 16
+
+
+def test_unknown_command_and_objective(capsys):
+    assert main(["trian"]) == 2
+    assert "unknown command 'trian'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--objective", "ppo"])
+    assert "invalid choice: 'ppo'" in capsys.readouterr().err
