@@ -42,3 +42,35 @@ def test_unknown_command_and_objective(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--objective", "ppo"])
     assert "invalid choice: 'ppo'" in capsys.readouterr().err
+
+
+FAMILY_FILES = [
+    ("hh-rlhf/helpful-base-test.jsonl.gz", "ava-p"),
+    ("summarize-from-feedback/batch13.jsonl", "ava-p"),
+    ("summarize-from-feedback/cnndm0.jsonl", "ava-p"),
+    ("gsm8k/example_model_solutions.jsonl", "ava-p"),
+    ("alpaca_eval/gpt4_model_outputs.json", "ava-d"),
+    ("gsm8k/train.jsonl", "ava-d"),
+    ("self-instruct/seed_tasks.jsonl", "ava-d"),
+]
+
+
+@pytest.mark.parametrize("path,objective", FAMILY_FILES)
+def test_every_family_trains_and_evaluates_from_its_file(path, objective, tmp_path, capsys):
+    from conftest import SHARED_DATA
+
+    if not SHARED_DATA.exists():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    data = str(SHARED_DATA / path)
+    common = ["--dataset_name", data, "--max_rows", "60"]
+    code = main(["train", "--objective", objective, *common, "--max_steps", "1", "--tokenizer_vocab_size", "300",
+                 "--output_dir", str(tmp_path), "--disable_tqdm", "true", "--max_length", "96", "--use_cpu", "true",
+                 "--per_device_train_batch_size", "2"])
+    assert code == 0
+    trained = last_json_line(capsys.readouterr().out)
+    assert trained["train_runtime_s"] > 0
+    if objective == "ava-p":
+        assert main(["evaluate", "--model_name_or_path", str(tmp_path), *common, "--max_length", "96"]) == 0
+        evaluated = last_json_line(capsys.readouterr().out)
+        assert evaluated["n"] == trained["eval_n"]
+        assert evaluated["accuracy"] == pytest.approx(trained["eval_accuracy"])

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..errors import AvalignError
+from ..errors import AvalignError, DataError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -43,6 +43,9 @@ def evaluate(args: argparse.Namespace) -> dict:
                               seed=args.dataset_seed, max_rows=args.max_rows)
         parts = {"eval": [loaded.eval], "train": [loaded.train], "all": [loaded.train, loaded.eval]}[args.split]
         dataset = concatenate_datasets([p for p in parts if p is not None])
+        if loaded.kind != "preference":
+            raise DataError(f"evaluate ranks preference pairs, but {args.dataset_name} ({loaded.family}) holds "
+                            "demonstrations (prompt/completion)", path=args.dataset_name)
     metrics.update(scorer.evaluate_pairs(dataset, progress=True))
     metrics["accuracy"] = metrics["accuracy_last"]
     if "chosen_gold_rewards" in dataset.column_names:

@@ -104,14 +104,16 @@ def tokenize_dataset(
             if getattr(tokenizer, "chat_template", None) is None:
                 raise DataError("conversational rows need a tokenizer with a chat template", path=source, row=index + 1)
             example = maybe_apply_chat_template(example, tokenizer)
+        for column in ("prompt", *columns):
+            if not isinstance(example[column], str):
+                raise DataError(f"expected text, got {type(example[column]).__name__}", path=source, row=index + 1, field=column)
         prompt = tokenizer(example["prompt"], add_special_tokens=not is_encoder_decoder)["input_ids"]
         if not prompt and not is_encoder_decoder:
             # A causal LM needs one token of state before the first action.
             prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
         responses = []
         for column in columns:
-            text = example[column]
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if isinstance(text, str) else []
+            ids = tokenizer(example[column], add_special_tokens=False)["input_ids"]
             if not ids:
                 raise DataError("empty response: it has no tokens to learn from", path=source, row=index + 1, field=column)
             responses.append(ids + [tokenizer.eos_token_id])

@@ -1,0 +1,50 @@
+"""Property tests for tokenisation and the collator: random rows either give well-formed batches or DataError."""
+
+from __future__ import annotations
+
+import pyarrow
+from datasets import Dataset
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from avalign.data.collator import collate_sequences
+from avalign.data.synthetic import SyntheticTask
+from avalign.data.tokenize import tokenize_dataset
+from avalign.errors import DataError
+
+TOKENIZER = SyntheticTask().tokenizer()
+WORDS = SyntheticTask().words
+words = st.lists(st.sampled_from(WORDS + ["", " ", "???", "\n"]), max_size=12).map(" ".join)
+value = st.one_of(words, st.none(), st.integers(-5, 5), st.lists(st.text(max_size=4), max_size=2))
+columns = st.sampled_from([("prompt", "chosen", "rejected"), ("prompt", "completion"), ("prompt", "chosen"), ("text",)])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cols=columns,
+    rows=st.lists(st.lists(value, min_size=3, max_size=3), min_size=1, max_size=4),
+    max_length=st.integers(4, 24),
+    too_long=st.sampled_from(["truncate", "drop"]),
+    seq2seq=st.booleans(),
+)
+def test_tokenize_and_collate_or_data_error(cols, rows, max_length, too_long, seq2seq):
+    try:  # columns mixing types that Arrow cannot hold are not datasets at all
+        dataset = Dataset.from_list([dict(zip(cols, row)) for row in rows])
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, TypeError):
+        assume(False)
+    try:
+        tokenized, report = tokenize_dataset(dataset, TOKENIZER, max_length=max_length, is_encoder_decoder=seq2seq,
+                                             too_long=too_long)
+    except DataError:
+        return
+    assert report.rows_in == len(rows) and report.rows_out == len(tokenized) == report.rows_in - report.dropped_too_long
+    keys = ("chosen", "rejected") if "rejected_ids" in tokenized.column_names else ("completion",)
+    batch = collate_sequences(list(tokenized), keys, TOKENIZER.pad_token_id, seq2seq, decoder_start_token_id=1)
+    rows_out = len(tokenized) * len(keys)
+    assert batch["input_ids"].shape[0] == batch["completion_mask"].shape[0] == rows_out
+    sequence_mask = batch["decoder_attention_mask"] if seq2seq else batch["attention_mask"]
+    # Every sequence has at least one response token, only where there are real tokens, and fits max_length.
+    assert (batch["completion_mask"].sum(1) >= 1).all()
+    assert ((batch["completion_mask"] == 1) <= (sequence_mask == 1)).all()
+    assert sequence_mask.sum(1).max() <= max_length
+    assert batch["attention_mask"].sum(1).max() <= max_length
