@@ -20,6 +20,8 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert trained["eval_n"] == 40 and 0 <= trained["eval_accuracy"] <= 1
     assert -1 <= trained["gold_reward_pearson"] <= 1 and trained["gold_accuracy"] > 0.5
     assert (out / "tqr_config.json").exists() and (out / "config.json").exists()
+    card = (out / "README.md").read_text()
+    assert "ava-p" in card and "- steps: 4" in card and "`cer_form`" in card
 
     assert main(["evaluate", "--model_name_or_path", str(out), "--synthetic_eval_size", "40"]) == 0
     evaluated = last_json_line(capsys.readouterr().out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,14 @@ from ..errors import ConfigError, DataError, TrainingDivergedError
 from ..evaluation.pairwise import pairwise_accuracy
 from ..losses import AVAObjective, ava_d_objective, ava_p_objective, sequence_rewards, sequence_terms
 from ..modeling import TQRModel, TQROutput
+from .. import __version__
 from .ava_config import AVAConfig
+
+_CARD_OPTIONS = (
+    "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "reduction", "use_reward_weights",
+    "use_negative", "use_irl", "use_cer", "pretrained_q", "rescale_reward_weights", "weights_apply_to",
+    "log_std_min", "log_std_max", "max_length", "too_long", "learning_rate", "per_device_train_batch_size", "seed",
+)
 
 
 def _as_demonstrations(dataset: Dataset) -> Dataset:
@@ -206,6 +214,29 @@ class AVATrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self.args.should_save:
+            with open(os.path.join(output_dir, "README.md"), "w") as handle:
+                handle.write(self.model_card())
+
+    def model_card(self) -> str:
+        """A short model card: what was trained, on what, with which options, and how it ended."""
+        args: AVAConfig = self.args
+        model = self.accelerator.unwrap_model(self.model)
+        backbone = getattr(model.backbone.config, "_name_or_path", "") or model.backbone.config.model_type
+        options = {f.name: getattr(args, f.name) for f in fields(AVAConfig) if f.name in _CARD_OPTIONS}
+        last_logs = {k: v for h in self.state.log_history for k, v in h.items()}
+        lines = [
+            f"# {os.path.basename(os.path.normpath(args.output_dir or 'model'))}", "",
+            f"A TQR model trained with avalign {__version__} ({args.objective}; Approximated Variational Alignment, "
+            "Cai et al., AAAI 2025) on a `" + backbone + "` backbone.", "",
+            "Load the reward model with `avalign.AVARewardModel.from_pretrained(path)`; the backbone alone (the "
+            "policy, when the Q head is the pretrained LM head) with `AutoModelFor*.from_pretrained(path)`.", "",
+            "## Training", "", f"- steps: {self.state.global_step}, epochs: {self.state.epoch}",
+            *(f"- {split} data: {report.summary()}" for split, report in self.tokenize_reports.items()),
+            "", "## Options", "", *(f"- `{k}`: {v}" for k, v in options.items()),
+            "", "## Last logged metrics", "", *(f"- `{k}`: {v}" for k, v in sorted(last_logs.items())), "",
+        ]
+        return "\n".join(lines)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
