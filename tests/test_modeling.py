@@ -139,3 +139,14 @@ def test_save_load_round_trip_gives_identical_scores(arch, tokenizer, synthetic,
     assert [r.reward_mean for r in before] == [r.reward_mean for r in after]
     assert [(r.last, r.sum) for r in before] == [(r.last, r.sum) for r in after]
     assert len(set(r.last for r in before)) > 1  # scores differ between responses
+
+
+def test_scoring_without_q_gives_the_same_rewards(tokenizer, synthetic):
+    torch.manual_seed(2)
+    model = TQRModel(tiny_backbone("llama", tokenizer))
+    torch.nn.init.normal_(model.reward_head.weight)
+    batch = batch_for(model, tokenizer, synthetic[0].select(range(3)))
+    full, lean = model(**batch), model(**batch, with_q=False)
+    for name in ("reward_mean", "reward_log_std", "reward_weights", "mask"):
+        torch.testing.assert_close(getattr(lean, name), getattr(full, name))
+    assert (lean.q_values == 0).all() and (full.q_values[full.mask] != 0).all()

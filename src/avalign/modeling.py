@@ -190,9 +190,11 @@ class TQRModel(nn.Module):
         completion_mask: torch.Tensor,
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
+        with_q: bool = True,
     ) -> TQROutput:
         """``completion_mask`` marks response tokens of the action sequence (``decoder_input_ids`` for
-        encoder-decoders, else ``input_ids``); only transitions whose action is a response token are valid."""
+        encoder-decoders, else ``input_ids``); only transitions whose action is a response token are valid.
+        ``with_q=False`` skips the vocabulary-sized Q computation (reward scoring needs none; q_values are 0)."""
         tokens = decoder_input_ids if self.is_encoder_decoder else input_ids
         token_mask = decoder_attention_mask if self.is_encoder_decoder else attention_mask
         if token_mask is None:
@@ -201,17 +203,18 @@ class TQRModel(nn.Module):
         mask = (completion_mask[:, 1:] * token_mask[:, 1:]).bool()
         state_hidden, next_hidden = hidden[:, :-1], hidden[:, 1:]
 
-        # Q only at positions that enter the loss: gather them before the vocabulary-sized projection.
-        weight, bias, scale = self.q_projection()
-        q_flat = pretrained_q_values(
-            state_hidden[mask] * scale if scale != 1.0 else state_hidden[mask],
-            weight,
-            bias,
-            tokens[:, 1:][mask],
-            self.tqr_config.alpha,
-            chunk_size=self.tqr_config.q_chunk_size,
-        )
-        q_values = torch.zeros(mask.shape, dtype=q_flat.dtype, device=q_flat.device).masked_scatter(mask, q_flat)
+        q_values = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
+        if with_q:  # Q only at positions that enter the loss: gathered before the vocabulary-sized projection
+            weight, bias, scale = self.q_projection()
+            q_flat = pretrained_q_values(
+                state_hidden[mask] * scale if scale != 1.0 else state_hidden[mask],
+                weight,
+                bias,
+                tokens[:, 1:][mask],
+                self.tqr_config.alpha,
+                chunk_size=self.tqr_config.q_chunk_size,
+            )
+            q_values = q_values.to(q_flat.dtype).masked_scatter(mask, q_flat)
 
         reward = self.reward_head(next_hidden).float()
         reward_mean = reward[..., 0]

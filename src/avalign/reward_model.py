@@ -60,7 +60,7 @@ class AVARewardModel:
             features = [tokenized[i] for i in range(start, min(start + self.batch_size, len(tokenized)))]
             batch = self.collator(features)
             batch.pop("is_preference")
-            out = self.model(**{k: v.to(self.device) for k, v in batch.items()})
+            out = self.model(**{k: v.to(self.device) for k, v in batch.items()}, with_q=False)
             yield features, out, sequence_rewards(out.reward_mean, out.reward_weights, out.mask)
 
     def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
