@@ -34,13 +34,15 @@ class DataArguments:
     eval_fraction: float = field(default=0.1, metadata={"help": "Share of prompts held out for evaluation."})
     dataset_seed: int = field(default=0, metadata={"help": "Seed of the prompt-grouped train/eval split."})
     max_rows: int | None = field(default=None, metadata={"help": "Read at most this many rows (quick runs)."})
-    synthetic_train_size: int = field(default=4000, metadata={"help": "Training rows of the synthetic task."})
+    synthetic_train_size: int = field(default=10000, metadata={"help": "Training rows of the synthetic task."})
     synthetic_eval_size: int = field(default=500, metadata={"help": "Evaluation pairs of the synthetic task."})
     backbone_arch: str = field(
         default="gpt2",
         metadata={"help": "Architecture of the from-scratch backbone used when no --model_name_or_path is given: "
                   "gpt2, llama, qwen2, bart or t5."},
     )
+    backbone_hidden_size: int = field(default=64, metadata={"help": "Width of the from-scratch backbone."})
+    backbone_layers: int = field(default=2, metadata={"help": "Layers of the from-scratch backbone."})
     tokenizer_vocab_size: int = field(
         default=4000,
         metadata={"help": "Without --model_name_or_path on real data: vocabulary of the byte-level BPE tokenizer "
@@ -85,7 +87,8 @@ def load_data_and_model(data_args: DataArguments, args, with_model: bool = True)
             model = TQRModel.from_pretrained(data_args.model_name_or_path, args.tqr_config())
         else:
             backbone = build_backbone(
-                data_args.backbone_arch, len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                data_args.backbone_arch, len(tokenizer), hidden_size=data_args.backbone_hidden_size,
+                num_layers=data_args.backbone_layers, pad_token_id=tokenizer.pad_token_id,
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=args.seed,
             )
             model = TQRModel(backbone, args.tqr_config())
