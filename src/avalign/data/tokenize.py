@@ -65,6 +65,18 @@ class TokenizeReport:
         )
 
 
+def _check_text_or_messages(value, source: str, row: int, field: str) -> None:
+    """A field is a string (standard) or a non-empty list of {"role", "content"} messages (conversational)."""
+    if isinstance(value, str):
+        return
+    if isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        return
+    raise DataError(f"expected text or a non-empty list of {{role, content}} messages, got {value!r:.80}",
+                    path=source, row=row, field=field)
+
+
 def _fit(prompt: list[int], responses: list[list[int]], max_length: int, is_encoder_decoder: bool):
     """Apply the truncation rule; returns (prompt, responses, prompt_cut, response_cut)."""
     if is_encoder_decoder:  # the prompt is the encoder input; decoder = start token + response
@@ -100,13 +112,12 @@ def tokenize_dataset(
     report = TokenizeReport(rows_in=len(dataset))
     rows = []
     for index, example in enumerate(dataset):
+        for column in ("prompt", *columns):
+            _check_text_or_messages(example[column], source, index + 1, column)
         if is_conversational(example):
             if getattr(tokenizer, "chat_template", None) is None:
                 raise DataError("conversational rows need a tokenizer with a chat template", path=source, row=index + 1)
             example = maybe_apply_chat_template(example, tokenizer)
-        for column in ("prompt", *columns):
-            if not isinstance(example[column], str):
-                raise DataError(f"expected text, got {type(example[column]).__name__}", path=source, row=index + 1, field=column)
         prompt = tokenizer(example["prompt"], add_special_tokens=not is_encoder_decoder)["input_ids"]
         if not prompt and not is_encoder_decoder:
             # A causal LM needs one token of state before the first action.
