@@ -1,6 +1,5 @@
 """AVATrainer end to end on tiny models: parameters move, metrics agree, bad input fails clearly, resume is exact."""
 
-import json
 import math
 
 import pytest

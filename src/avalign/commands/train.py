@@ -6,10 +6,13 @@ With no dataset and no model it runs the main job: AVA-p on the embedded synthet
 from __future__ import annotations
 
 import json
+import os
 import sys
-from dataclasses import dataclass, field
 
+import torch
 from trl import TrlParser
+
+from ..errors import ConfigError
 
 from ..trainers.ava_config import AVAConfig
 from .common import DataArguments, load_data_and_model
@@ -52,8 +55,12 @@ def main(argv: list[str]) -> int:
     if data_args.dataset_name is None:
         parser.set_defaults(**SYNTHETIC_DEFAULTS)
         data_args, args = parser.parse_args_and_config(list(argv))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.use_cpu and not torch.cuda.is_available():
+        # transformers would otherwise let every process train alone, silently.
+        raise ConfigError("launched with several processes but no GPU: pass --use_cpu true to train data-parallel "
+                          "on CPU (gloo)")
     metrics = run(data_args, args)
-    if args.should_log:
+    if args.process_index == 0:  # one line from a multi-process run
         print(json.dumps(metrics, sort_keys=True))
     return 0
 

@@ -113,7 +113,7 @@ class AVATrainer(Trainer):
             too_long=args.too_long, source=f"{split}_dataset",
         )
         self.tokenize_reports[split] = report
-        if args.should_log:
+        if args.process_index == 0:
             print(f"[avalign] {split}: {report.summary()}")
         return tokenized
 
