@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -102,12 +102,4 @@ class AVAConfig(TrainingArguments):
 
     def tqr_config(self) -> TQRConfig:
         """The model-side part of this config (saved with the model as tqr_config.json)."""
-        return TQRConfig(
-            pretrained_q=self.pretrained_q,
-            alpha=self.alpha,
-            use_reward_weights=self.use_reward_weights,
-            rescale_reward_weights=self.rescale_reward_weights,
-            log_std_min=self.log_std_min,
-            log_std_max=self.log_std_max,
-            q_chunk_size=self.q_chunk_size,
-        )
+        return TQRConfig(**{f.name: getattr(self, f.name) for f in fields(TQRConfig)})
