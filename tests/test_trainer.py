@@ -141,3 +141,9 @@ def test_too_long_rows_are_counted(tokenizer, synthetic, tmp_path):
     assert report.rows_out == len(trainer.train_dataset) == len(synthetic[0]) - report.dropped_too_long
     for row in trainer.train_dataset:
         assert len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"])) <= 12
+
+
+def test_model_options_that_differ_from_the_config_are_reported(tokenizer, synthetic, tmp_path):
+    model = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(alpha=3.0))
+    with pytest.warns(UserWarning, match=r"'alpha': \(3.0, 1.0\)"):
+        AVATrainer(model, args=config(tmp_path), train_dataset=synthetic[0], processing_class=tokenizer)

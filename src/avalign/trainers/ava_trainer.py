@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,9 @@ class AVATrainer(Trainer):
             model = TQRModel.from_pretrained(model, args.tqr_config())
         if processing_class is None:
             raise ConfigError("pass processing_class (the tokenizer) when model is a TQRModel object")
+        differ = {k: (v, getattr(args, k)) for k, v in asdict(model.tqr_config).items() if getattr(args, k) != v}
+        if differ:  # the heads are built by then, so the model's own options are what trains
+            warnings.warn(f"the model's options (model, AVAConfig) differ and the model's are used: {differ}", stacklevel=2)
         ensure_pad_token(processing_class)
         backbone_config = model.backbone.config
         self.tokenize_reports: dict[str, TokenizeReport] = {}
