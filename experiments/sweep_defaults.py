@@ -1,7 +1,7 @@
 """Sweep that chose AVAConfig's defaults (alpha, beta, gamma, lambda, log-sigma clamp, CER form).
 
 One factor at a time around a base setting, each cell trained at the same budget as a Bradley-Terry reward model
-(TRL's RewardTrainer) on the same from-scratch backbone (same initial weights per seed), tokenizer, data, steps,
+(TRL's RewardTrainer) and the Preference Transformer on the same from-scratch backbone (same initial weights per seed), tokenizer, data, steps,
 batch size and learning rate. Scores: pairwise accuracy on the prompt-disjoint eval split (ties wrong).
 Development data only. Finished cells are cached in the results JSON, so an interrupted sweep resumes.
 
@@ -83,7 +83,8 @@ def main(argv: list[str]) -> int:
                   learning_rate=args.learning_rate, warmup_steps=args.steps // 10, logging_steps=50,
                   save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True)
     variations = [VARIATIONS[i] for i in args.only] if args.only is not None else VARIATIONS
-    cells = [("bt", {}, s) for s in args.seeds] + [("ava-p", v, s) for v in variations for s in args.seeds]
+    baselines = [(name, {}, s) for name in ("bt", "preftrans") for s in args.seeds]
+    cells = baselines + [("ava-p", v, s) for v in variations for s in args.seeds]
     with tempfile.TemporaryDirectory() as tmp:
         for objective, variation, seed in tqdm(cells, desc="sweep"):
             key = json.dumps([objective, variation, seed], sort_keys=True)
@@ -101,7 +102,8 @@ def main(argv: list[str]) -> int:
                 trainer.train()
                 cell = {"accuracy_last": bt_pairwise_accuracy(trainer)}
             else:
-                config = AVAConfig(output_dir=f"{tmp}/ava", seed=seed, max_length=args.max_length, **common, **{**BASE, **variation})
+                config = AVAConfig(output_dir=f"{tmp}/ava", seed=seed, max_length=args.max_length, objective=objective,
+                                   **common, **{**BASE, **variation})
                 trainer = AVATrainer(TQRModel.from_pretrained(str(backbone_dir), config.tqr_config()), args=config,
                                      train_dataset=train, processing_class=tokenizer)
                 trainer.train()
@@ -116,7 +118,7 @@ def write_table(results: dict, args, path: Path) -> None:
     rows: dict[str, dict[str, list[float]]] = {}
     for key, cell in results.items():
         objective, variation, _ = json.loads(key)
-        name = "BT (TRL RewardTrainer)" if objective == "bt" else "AVA-p " + (
+        name = {"bt": "BT (TRL RewardTrainer)", "preftrans": "Preference Transformer"}.get(objective) or "AVA-p " + (
             ", ".join(f"{k}={v}" for k, v in variation.items()) or "base")
         for metric, value in cell.items():
             if metric.startswith("accuracy"):

@@ -40,11 +40,12 @@ def test_collator_exact_tensors():
 
 # ava-d on one causal and one encoder-decoder backbone keeps the suite short.
 @pytest.mark.parametrize("arch,objective", [("gpt2", "ava-p"), ("llama", "ava-p"), ("bart", "ava-p"), ("t5", "ava-p"),
-                                            ("gpt2", "ava-d"), ("bart", "ava-d")])
+                                            ("gpt2", "ava-d"), ("bart", "ava-d"), ("gpt2", "preftrans")])
 def test_training_changes_every_parameter(arch, objective, tokenizer, synthetic, tmp_path):
-    model = TQRModel(tiny_backbone(arch, tokenizer), TQRConfig())
+    args = config(tmp_path, objective=objective)
+    model = TQRModel(tiny_backbone(arch, tokenizer), args.tqr_config())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = AVATrainer(model, args=config(tmp_path, objective=objective), train_dataset=synthetic[0], processing_class=tokenizer)
+    trainer = AVATrainer(model, args=args, train_dataset=synthetic[0], processing_class=tokenizer)
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logged) == 3 and all(math.isfinite(h["loss"]) for h in logged)
@@ -147,3 +148,24 @@ def test_model_options_that_differ_from_the_config_are_reported(tokenizer, synth
     model = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(alpha=3.0))
     with pytest.warns(UserWarning, match=r"'alpha': \(3.0, 1.0\)"):
         AVATrainer(model, args=config(tmp_path), train_dataset=synthetic[0], processing_class=tokenizer)
+
+
+def test_preference_transformer_return_is_the_attention_weighted_reward_sum(tokenizer, synthetic):
+    """The preftrans score, recomputed per sequence on its valid positions only: sum_t w_t r_t with
+    w = column mean of softmax(q k^T / sqrt(d)), as in Kim et al. (2023)."""
+    args = AVAConfig(output_dir="unused", objective="preftrans", use_cpu=True)
+    assert (args.scoring, args.rescale_reward_weights) == ("sum", False)
+    torch.manual_seed(4)
+    model = TQRModel(tiny_backbone("gpt2", tokenizer), args.tqr_config())
+    torch.nn.init.normal_(model.reward_head.weight)
+    rows = synthetic[1].select(range(3))
+    scores = AVARewardModel(model, tokenizer).score(rows["prompt"], rows["chosen"])
+    for row, scored in zip(rows, scores):
+        ids = tokenizer(row["prompt"])["input_ids"]
+        response = tokenizer(row["chosen"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        sequence = torch.tensor([ids + response])
+        hidden = model.sequence_hidden_states(sequence, torch.ones_like(sequence))[0, len(ids):]  # response tokens
+        q, k = model.reward_weights.query(hidden), model.reward_weights.key(hidden)
+        weights = torch.softmax(q @ k.T / q.shape[-1] ** 0.5, dim=-1).mean(0)
+        expected = (weights * model.reward_head(hidden)[:, 0]).sum()
+        assert scored.sum == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)

@@ -178,6 +178,14 @@ def ava_p_objective(
     return AVAObjective(objective, terms)
 
 
+def preference_transformer_objective(chosen_return: torch.Tensor, rejected_return: torch.Tensor) -> AVAObjective:
+    """The Preference Transformer baseline (Kim et al., ICLR 2023): the Bradley-Terry log-likelihood of the
+    preference under weighted returns sum_t w_t r_t, with w_t the column mean of one non-causal attention layer
+    (Eq. 11 here, not rescaled, so the weights sum to 1). Returns are ``sequence_rewards(...)["sum"]``."""
+    log_lik = F.logsigmoid(chosen_return - rejected_return)
+    return AVAObjective(log_lik.mean(), {"bt_log_lik": log_lik.mean()})
+
+
 def sequence_rewards(
     reward_mean: torch.Tensor, reward_weights: torch.Tensor, mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:

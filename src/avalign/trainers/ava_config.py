@@ -11,7 +11,7 @@ from ..losses import CER_FORMS, REDUCTIONS, WEIGHT_TARGETS
 from ..modeling import TQRConfig
 from ..data.tokenize import TOO_LONG_POLICIES
 
-OBJECTIVES = ("ava-p", "ava-d")
+OBJECTIVES = ("ava-p", "ava-d", "preftrans")
 SCORINGS = ("last", "sum")
 
 
@@ -24,7 +24,9 @@ class AVAConfig(TrainingArguments):
     objective: str = field(
         default="ava-p",
         metadata={"help": "ava-p: preference pairs (Eq. 17 + CER, Eq. 18). ava-d: demonstrations (Eq. 13); on "
-                  "preference data it trains on the chosen responses.", "choices": list(OBJECTIVES)},
+                  "preference data it trains on the chosen responses. preftrans: the Preference Transformer "
+                  "baseline (Kim et al. 2023) on the same model's reward head and weights.",
+                  "choices": list(OBJECTIVES)},
     )
     alpha: float = field(default=1.0, metadata={"help": "alpha of the pretrained-Q transform (Eq. 12)."})
     beta: float = field(default=1.0, metadata={"help": "beta, weight of the Q (policy) term (Eqs. 13, 17)."})
@@ -97,6 +99,12 @@ class AVAConfig(TrainingArguments):
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} '{getattr(self, name)}'; expected one of {list(allowed)}")
+        if self.objective == "preftrans":
+            if not self.use_reward_weights:
+                raise ConfigError("objective preftrans needs use_reward_weights=True (its weighted return is the model)")
+            # Its return is sum_t w_t r_t with weights summing to 1, scored as the "sum"; Q takes no part, so an
+            # untied LM head gets no gradient and DDP must allow unused parameters.
+            self.rescale_reward_weights, self.scoring, self.ddp_find_unused_parameters = False, "sum", True
         self.tqr_config()  # validates the model-side options early
         super().__post_init__()
 

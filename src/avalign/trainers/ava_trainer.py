@@ -18,7 +18,14 @@ from ..data.collator import TQRCollator
 from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError, TrainingDivergedError
 from ..evaluation.pairwise import pairwise_accuracy
-from ..losses import AVAObjective, ava_d_objective, ava_p_objective, sequence_rewards, sequence_terms
+from ..losses import (
+    AVAObjective,
+    ava_d_objective,
+    ava_p_objective,
+    preference_transformer_objective,
+    sequence_rewards,
+    sequence_terms,
+)
 from ..modeling import TQRModel, TQROutput
 from .. import __version__
 from .ava_config import AVAConfig
@@ -40,7 +47,7 @@ def _rows(output: TQROutput, rows: slice) -> dict[str, torch.Tensor]:
 
 
 class AVATrainer(Trainer):
-    """Trains a [`TQRModel`] with the AVA objectives.
+    """Trains a [`TQRModel`] with the AVA objectives (or the Preference Transformer baseline on the same model).
 
     ``model`` is a TQRModel or a hub id / path (a saved TQR model, or a plain backbone that gets fresh heads from
     ``args``). Datasets are in TRL's formats: prompt/chosen/rejected (needed by AVA-p) or prompt/completion
@@ -104,9 +111,9 @@ class AVATrainer(Trainer):
         if "prompt_ids" in dataset.column_names:  # already tokenised by the caller
             return dataset
         columns = response_columns(dataset.column_names)
-        if split == "train" and args.objective == "ava-p" and columns != ("chosen", "rejected"):
+        if split == "train" and args.objective != "ava-d" and columns != ("chosen", "rejected"):
             raise DataError(
-                f"objective ava-p needs preference rows (prompt/chosen/rejected); the train set has {dataset.column_names}",
+                f"objective {args.objective} needs preference rows (prompt/chosen/rejected); the train set has {dataset.column_names}",
                 path="train_dataset",
                 field="chosen/rejected",
             )
@@ -123,27 +130,28 @@ class AVATrainer(Trainer):
 
     # -- loss -----------------------------------------------------------------------------------------------
     def _objective(self, output: TQROutput, is_pair: bool) -> tuple[AVAObjective, dict[str, torch.Tensor] | None]:
-        """The AVA objective of a batch, and (for preference batches) the sequence scores of both halves."""
+        """The objective of a batch, and (for preference batches) the sequence scores of both halves."""
         args: AVAConfig = self.args
+        if args.objective != "ava-d" and not is_pair:
+            raise DataError(f"objective {args.objective} needs preference rows (prompt/chosen/rejected)",
+                            field="chosen/rejected")
         half = output.mask.shape[0] // 2 if is_pair else output.mask.shape[0]
-        chosen = _rows(output, slice(0, half))
-        options = dict(gamma=args.gamma, reduction=args.reduction, weights_apply_to=args.weights_apply_to)
-        chosen_terms = sequence_terms(**chosen, **options)
+        chosen, rejected = _rows(output, slice(0, half)), _rows(output, slice(half, None))
         scores = None
         if is_pair:
-            rejected = _rows(output, slice(half, None))
             scores = {
                 "chosen": sequence_rewards(chosen["reward_mean"], chosen["reward_weights"], chosen["mask"]),
                 "rejected": sequence_rewards(rejected["reward_mean"], rejected["reward_weights"], rejected["mask"]),
             }
+        if args.objective == "preftrans":
+            return preference_transformer_objective(scores["chosen"]["sum"], scores["rejected"]["sum"]), scores
+        options = dict(gamma=args.gamma, reduction=args.reduction, weights_apply_to=args.weights_apply_to)
+        chosen_terms = sequence_terms(**chosen, **options)
         if args.objective == "ava-p":
-            if scores is None:
-                raise DataError("objective ava-p needs preference rows (prompt/chosen/rejected)", field="chosen/rejected")
-            rejected_terms = sequence_terms(**rejected, **options)
             objective = ava_p_objective(
-                chosen_terms, rejected_terms, scores["chosen"]["last"], scores["rejected"]["last"],
-                beta=args.beta, lam=args.lam, cer_coef=args.cer_coef, cer_form=args.cer_form,
-                use_negative=args.use_negative, use_irl=args.use_irl, use_cer=args.use_cer,
+                chosen_terms, sequence_terms(**rejected, **options), scores["chosen"]["last"],
+                scores["rejected"]["last"], beta=args.beta, lam=args.lam, cer_coef=args.cer_coef,
+                cer_form=args.cer_form, use_negative=args.use_negative, use_irl=args.use_irl, use_cer=args.use_cer,
             )
         else:
             objective = ava_d_objective(chosen_terms, beta=args.beta, lam=args.lam, use_irl=args.use_irl)
@@ -153,7 +161,7 @@ class AVATrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         is_pair = bool(inputs.pop("is_preference"))
-        output: TQROutput = model(**inputs)
+        output: TQROutput = model(**inputs, with_q=self.args.objective != "preftrans")
         objective, scores = self._objective(output, is_pair)
         loss = objective.loss
         mode = "train" if model.training else "eval"
