@@ -150,3 +150,13 @@ def test_scoring_without_q_gives_the_same_rewards(tokenizer, synthetic):
     for name in ("reward_mean", "reward_log_std", "reward_weights", "mask"):
         torch.testing.assert_close(getattr(lean, name), getattr(full, name))
     assert (lean.q_values == 0).all() and (full.q_values[full.mask] != 0).all()
+
+
+def test_save_pretrained_writes_a_given_state_dict(tokenizer, tmp_path):
+    """What the Trainer passes when it gathered the weights from FSDP or DeepSpeed shards is what gets saved."""
+    model = TQRModel(tiny_backbone("llama", tokenizer))
+    gathered = {k: v + 1.0 for k, v in model.state_dict().items()}
+    model.save_pretrained(tmp_path, state_dict=gathered)
+    loaded = TQRModel.from_pretrained(str(tmp_path))
+    for name, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, gathered[name], msg=name)

@@ -137,9 +137,6 @@ class TQRModel(nn.Module):
             model.load_heads(name_or_path)
         return model
 
-    def head_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
-
     def load_heads(self, directory: str) -> None:
         state = load_file(os.path.join(directory, TQR_HEADS_NAME))
         missing, unexpected = self.load_state_dict(state, strict=False)
@@ -147,11 +144,18 @@ class TQRModel(nn.Module):
         if missing or unexpected:
             raise ConfigError(f"{directory}: head weights do not match the config (missing {missing}, unexpected {unexpected})")
 
-    def save_pretrained(self, directory: str, **kwargs: Any) -> None:
-        """The backbone in its own Hugging Face format (loadable alone by AutoModelFor*), plus the heads."""
+    def save_pretrained(self, directory: str, state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
+        """The backbone in its own Hugging Face format (loadable alone by AutoModelFor*), plus the heads.
+
+        ``state_dict``: the full model's weights when they live elsewhere (gathered from FSDP or DeepSpeed shards
+        by the Trainer); by default this module's own."""
         os.makedirs(directory, exist_ok=True)
-        self.backbone.save_pretrained(directory, **kwargs)
-        save_file({k: v.contiguous() for k, v in self.head_state_dict().items()}, os.path.join(directory, TQR_HEADS_NAME))
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        prefix = "backbone."
+        backbone_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        self.backbone.save_pretrained(directory, state_dict=backbone_state, **kwargs)
+        heads = {k: v.contiguous() for k, v in state_dict.items() if not k.startswith(prefix)}
+        save_file(heads, os.path.join(directory, TQR_HEADS_NAME))
         with open(os.path.join(directory, TQR_CONFIG_NAME), "w") as handle:
             json.dump(asdict(self.tqr_config), handle, indent=2)
 

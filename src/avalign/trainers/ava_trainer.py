@@ -222,7 +222,8 @@ class AVATrainer(Trainer):
     # -- persistence: backbone in its own HF format plus the heads (see TQRModel.save_pretrained) -------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        # state_dict is set when the Trainer gathered it from FSDP or DeepSpeed shards.
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
