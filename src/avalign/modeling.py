@@ -119,6 +119,8 @@ class TQRModel(nn.Module):
         nn.init.zeros_(self.reward_head.bias)
         self.reward_weights = RewardWeights(hidden_size) if self.tqr_config.use_reward_weights else None
         self.q_head = None if self.tqr_config.pretrained_q else nn.Linear(hidden_size, vocab_size)
+        # FSDP's transformer-based auto-wrap looks for the block classes here, as on a PreTrainedModel.
+        self._no_split_modules = getattr(backbone, "_no_split_modules", None)
 
     # -- construction and persistence -------------------------------------------------------------------
     @classmethod
