@@ -124,9 +124,17 @@ def write_table(results: dict, args, path: Path) -> None:
             if metric.startswith("accuracy"):
                 rows.setdefault(name, {}).setdefault(metric, []).append(value)
     fmt = lambda v: f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
-    lines = [f"Command: `python experiments/sweep_defaults.py {' '.join(sys.argv[1:])}`", "",
+    # Cells are cached, so the command without --only reproduces every row, whichever subsets were run first.
+    argv, in_only = [], False
+    for arg in sys.argv[1:]:
+        in_only = arg == "--only" or (in_only and arg.isdigit())
+        if not in_only:
+            argv.append(arg)
+    lines = [f"Command: `python experiments/sweep_defaults.py {' '.join(argv)}`", "",
              f"Base: {BASE}; {args.steps} steps of {args.batch_size} pairs, lr {args.learning_rate}, "
              f"seeds {args.seeds}; mean ± std over seeds.", "",
+             "The Preference Transformer scores with its weighted return, the \"sum\" column; its \"last\" column is "
+             "the weighted reward of the final token alone, shown for completeness.", "",
              "| setting | accuracy (last) | accuracy (sum) |", "|---|---|---|"]
     for name, metrics in rows.items():
         lines.append(f"| {name} | {fmt(metrics['accuracy_last'])} | "
