@@ -166,7 +166,7 @@ class AVATrainer(Trainer):
         loss = objective.loss
         mode = "train" if model.training else "eval"
         if mode == "train" and not torch.isfinite(loss):
-            terms = {k: round(float(v), 4) for k, v in objective.terms.items()}
+            terms = {k: round(float(v.detach()), 4) for k, v in objective.terms.items()}
             raise TrainingDivergedError(
                 f"loss is {loss.item()} at step {self.state.global_step + 1}; stopping instead of training on. "
                 f"Terms: {terms}. Try a lower learning rate or a tighter log_std clamp."
