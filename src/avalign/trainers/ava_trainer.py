@@ -91,7 +91,7 @@ class AVATrainer(Trainer):
             is_encoder_decoder=model.is_encoder_decoder,
             decoder_start_token_id=getattr(backbone_config, "decoder_start_token_id", None),
         )
-        self._eval_is_preference = eval_dataset is not None and "rejected_ids" in eval_dataset.column_names
+        eval_is_preference = eval_dataset is not None and "rejected_ids" in eval_dataset.column_names
         super().__init__(
             model=model,
             args=args,
@@ -99,7 +99,7 @@ class AVATrainer(Trainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            compute_metrics=kwargs.pop("compute_metrics", self._pairwise_metrics if self._eval_is_preference else None),
+            compute_metrics=kwargs.pop("compute_metrics", self._pairwise_metrics if eval_is_preference else None),
             **kwargs,
         )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
