@@ -137,3 +137,16 @@ def test_ava_d_without_irl_is_the_q_term():
     terms = sequence_terms(**x, mask=mask, gamma=1.0)
     out = ava_d_objective(terms, beta=0.3, lam=1.0, use_irl=False)
     torch.testing.assert_close(out.objective, 0.3 * terms.q_term.mean())
+
+
+def test_bootstrap_interval_matches_the_binomial_spread():
+    """For n Bernoulli(p) outcomes the 95% interval of the mean is about p +- 1.96 sqrt(p(1-p)/n)."""
+    import numpy as np
+
+    from avalign.evaluation.pairwise import bootstrap_interval
+
+    outcomes = np.r_[np.ones(700), np.zeros(300)]
+    low, high = bootstrap_interval(outcomes, resamples=4000)
+    half_width = 1.96 * (0.7 * 0.3 / 1000) ** 0.5
+    assert low == pytest.approx(0.7 - half_width, abs=0.006) and high == pytest.approx(0.7 + half_width, abs=0.006)
+    assert bootstrap_interval(np.ones(50)) == (1.0, 1.0)

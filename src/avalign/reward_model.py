@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
@@ -11,7 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .data.collator import TQRCollator
 from .data.tokenize import ensure_pad_token, tokenize_dataset
-from .evaluation.pairwise import pairwise_accuracy
+from .evaluation.pairwise import bootstrap_interval, pairwise_accuracy
 from .losses import sequence_rewards
 from .modeling import TQRModel
 
@@ -83,7 +84,8 @@ class AVARewardModel:
         return results
 
     def evaluate_pairs(self, dataset: Dataset, progress: bool = False) -> dict[str, float]:
-        """Pairwise accuracy (ties wrong) under both scorings over prompt/chosen/rejected rows."""
+        """Pairwise accuracy (ties wrong) under both scorings over prompt/chosen/rejected rows, each with a 95%
+        percentile-bootstrap interval over pairs."""
         chosen: dict[str, list[float]] = {"last": [], "sum": []}
         rejected: dict[str, list[float]] = {"last": [], "sum": []}
         for features, _, scores in self._forward(dataset.select_columns(["prompt", "chosen", "rejected"]), progress):
@@ -91,8 +93,9 @@ class AVARewardModel:
             for scoring in ("last", "sum"):
                 chosen[scoring] += scores[scoring][:half].tolist()
                 rejected[scoring] += scores[scoring][half:].tolist()
-        return {
-            "accuracy_last": pairwise_accuracy(chosen["last"], rejected["last"]),
-            "accuracy_sum": pairwise_accuracy(chosen["sum"], rejected["sum"]),
-            "n": len(chosen["last"]),
-        }
+        metrics: dict = {"n": len(chosen["last"])}
+        for scoring in ("last", "sum"):
+            correct = np.asarray(chosen[scoring]) > np.asarray(rejected[scoring])  # ties are wrong
+            metrics[f"accuracy_{scoring}"] = pairwise_accuracy(chosen[scoring], rejected[scoring])
+            metrics[f"accuracy_{scoring}_ci95"] = bootstrap_interval(correct)
+        return metrics
