@@ -64,8 +64,7 @@ def load_data_and_model(data_args: DataArguments, args, with_model: bool = True)
     task = None
     if data_args.dataset_name in (None, SYNTHETIC):
         kind = "demonstration" if args.objective == "ava-d" else "preference"
-        train, _, task = synthetic_datasets(kind, data_args.synthetic_train_size, data_args.synthetic_eval_size)
-        _, eval_set, _ = synthetic_datasets("preference", 0, data_args.synthetic_eval_size)
+        train, eval_set, task = synthetic_datasets(kind, data_args.synthetic_train_size, data_args.synthetic_eval_size)
         tokenizer = task.tokenizer()
     else:
         from ..data import load_dataset

@@ -132,7 +132,8 @@ class SyntheticTask:
 def synthetic_datasets(
     kind: str = "preference", num_train: int = 4000, num_eval: int = 500, config: SyntheticTaskConfig | None = None
 ) -> tuple[Dataset, Dataset, SyntheticTask]:
-    """Train and eval splits of the synthetic task. Prompts are sampled independently per split (seeds 1 and 2)."""
+    """Train rows of ``kind`` ("preference" or "demonstration") and eval *pairs* (what accuracy and the gold metrics
+    need, whatever the training data). Prompts are sampled independently per split (seeds 1 and 2)."""
     task = SyntheticTask(config)
     make = task.preference_rows if kind == "preference" else task.demonstration_rows
-    return Dataset.from_list(make(num_train, seed=1)), Dataset.from_list(make(num_eval, seed=2)), task
+    return Dataset.from_list(make(num_train, seed=1)), Dataset.from_list(task.preference_rows(num_eval, seed=2)), task
