@@ -76,3 +76,12 @@ def test_every_family_trains_and_evaluates_from_its_file(path, objective, tmp_pa
         evaluated = last_json_line(capsys.readouterr().out)
         assert evaluated["n"] == trained["eval_n"]
         assert evaluated["accuracy"] == pytest.approx(trained["eval_accuracy"])
+
+
+def test_project_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    """Any command: a DataError or ConfigError becomes 'avalign <command>: error: ...' and exit code 2."""
+    assert main(["evaluate", "--model_name_or_path", str(tmp_path), "--dataset_name", str(tmp_path / "none.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("avalign evaluate: error:") and "Traceback" not in err
+    assert main(["train", "--dataset_name", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path)]) == 2
+    assert "avalign train: error: file" in capsys.readouterr().err

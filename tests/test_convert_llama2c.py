@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from avalign.commands.convert import main as convert_main
+from avalign.cli import main as cli_main
 from avalign.convert import convert_llama2c, read_llama2c_checkpoint, read_llama2c_tokenizer
 from avalign.errors import DataError
 
@@ -124,7 +124,7 @@ def reference_encode(path: Path, text: str, vocab_size: int = 512) -> list[int]:
 def converted(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("stories260K-hf")
     argv = ["llama2c", "--checkpoint", str(CHECKPOINT), "--tokenizer", str(TOKENIZER), "--output_dir", str(output_dir)]
-    assert convert_main(argv) == 0
+    assert cli_main(["convert", *argv]) == 0
     model = AutoModelForCausalLM.from_pretrained(output_dir).eval()
     return model, AutoTokenizer.from_pretrained(output_dir)
 
@@ -228,5 +228,5 @@ def test_missing_file_names_it(tmp_path, capsys):
     with pytest.raises(DataError, match=r"nope\.bin: no such file"):
         convert_llama2c(str(missing), str(missing), str(tmp_path / "out"))
     argv = ["llama2c", "--checkpoint", str(missing), "--tokenizer", str(missing), "--output_dir", str(tmp_path)]
-    assert convert_main(argv) == 2
+    assert cli_main(["convert", *argv]) == 2
     assert str(missing) in capsys.readouterr().err

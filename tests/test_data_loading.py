@@ -11,7 +11,7 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
-from avalign.commands import data as data_command
+from avalign.cli import main as cli_main
 from avalign.data import loading
 from avalign.data.cleaning import DUPLICATE, EMPTY_RESPONSE, SAME_RESPONSES
 from avalign.data.loading import load_dataset, read_file
@@ -320,11 +320,11 @@ def test_stats_with_a_local_tokenizer(tmp_path):
 
 def test_cli_prints_stats_and_markdown(tmp_path, capsys):
     data_file = str(_sizes(tmp_path))
-    assert data_command.main(["stats", "--dataset_name", data_file, "--max_length", "150"]) == 0
+    assert cli_main(["data", "stats", "--dataset_name", data_file, "--max_length", "150"]) == 0
     out = capsys.readouterr().out
     assert "lengths in UTF-8 bytes" in out and "rows: 100" in out and "51 of 100 rows" in out
-    assert data_command.main(["stats", "--dataset_name", data_file, data_file, "--markdown"]) == 0
+    assert cli_main(["data", "stats", "--dataset_name", data_file, data_file, "--markdown"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("| dataset |") and out.count(f"| {data_file} | trl | demonstration | 100 |") == 2
-    assert data_command.main(["stats", "--dataset_name", str(tmp_path / "nothing.jsonl")]) == 1
+    assert cli_main(["data", "stats", "--dataset_name", str(tmp_path / "nothing.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from avalign.commands.tokenizer import main as tokenizer_main
+from avalign.cli import main as cli_main
 from avalign.errors import ConfigError, DataError
 from avalign.tokenizer import read_texts, train_bpe_tokenizer
 
@@ -106,7 +106,7 @@ def test_cli_trains_and_saves(tmp_path):
     _write_jsonl_gz(prefs, [{"prompt": "Q: 2+2? ", "chosen": "A: 4", "rejected": "A: 5"}] * 10)
     out = tmp_path / "tok"
     argv = ["train", "--input", str(txt), "--input", str(prefs), "--vocab_size", "280", "--output_dir", str(out)]
-    assert tokenizer_main(argv) == 0
+    assert cli_main(["tokenizer", *argv]) == 0
     reloaded = AutoTokenizer.from_pretrained(str(out))
     assert len(reloaded) == 280
     assert reloaded.decode(reloaded("Q: 2+2? A: 4").input_ids) == "Q: 2+2? A: 4"
@@ -118,6 +118,6 @@ def test_cli_names_a_missing_or_empty_file(tmp_path, capsys, content):
     if content is not None:
         path.write_text(content, encoding="utf-8")
     argv = ["train", "--input", str(path), "--vocab_size", "300", "--output_dir", str(tmp_path / "out")]
-    assert tokenizer_main(argv) == 2
+    assert cli_main(["tokenizer", *argv]) == 2
     error = capsys.readouterr().err
     assert str(path) in error and ("no such file" in error if content is None else "contains no text" in error)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .errors import AvalignError
+
 COMMANDS = {
     "train": ("avalign.commands.train", "train an AVA (or baseline) model"),
     "evaluate": ("avalign.commands.evaluate", "pairwise accuracy of a trained reward model"),
@@ -31,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avalign: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(argv) or 0)
+    try:
+        return int(module.main(argv) or 0)
+    except AvalignError as error:  # the project's own errors already say what to fix: no traceback
+        print(f"avalign {command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

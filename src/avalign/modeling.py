@@ -132,7 +132,10 @@ class TQRModel(nn.Module):
         if saved:
             with open(tqr_config_path) as handle:
                 config = TQRConfig(**json.load(handle))
-        backbone_config = AutoConfig.from_pretrained(name_or_path)
+        try:
+            backbone_config = AutoConfig.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:  # not a model directory, an unknown hub id, no network, ...
+            raise ConfigError(f"cannot load a model from '{name_or_path}': {exc}") from exc
         auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
         model = cls(auto_class.from_pretrained(name_or_path, **backbone_kwargs), config)
         if saved:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-from avalign.errors import AvalignError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,10 +24,6 @@ def main(argv: list[str]) -> int:
     # Imported here so that `--help` answers without loading torch and transformers.
     from avalign.convert import convert_llama2c
 
-    try:
-        convert_llama2c(args.checkpoint, args.tokenizer, args.output_dir)
-    except AvalignError as error:
-        print(f"avalign convert: error: {error}", file=sys.stderr)
-        return 2
+    convert_llama2c(args.checkpoint, args.tokenizer, args.output_dir)
     print(f"wrote a LlamaForCausalLM and its tokenizer to {args.output_dir}")
     return 0

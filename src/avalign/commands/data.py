@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from avalign.data.families import FAMILIES
 from avalign.data.loading import load_dataset
 from avalign.data.stats import MARKDOWN_HEADER, compute_stats, load_tokenizer
-from avalign.errors import AvalignError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,16 +34,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    try:
-        tokenizer = load_tokenizer(args.model_name_or_path) if args.model_name_or_path else None
-        if args.markdown:
-            print(MARKDOWN_HEADER)
-        for index, name in enumerate(args.dataset_name):
-            data = load_dataset(name, family=args.family, eval_fraction=args.eval_fraction, seed=args.seed,
-                                conversational=args.conversational, max_rows=args.max_rows)
-            stats = compute_stats(name, data, tokenizer=tokenizer, max_length=args.max_length)
-            print(stats.markdown_row() if args.markdown else ("\n" if index else "") + stats.render())
-    except AvalignError as exc:
-        print(f"avalign data stats: error: {exc}", file=sys.stderr)
-        return 1
+    tokenizer = load_tokenizer(args.model_name_or_path) if args.model_name_or_path else None
+    if args.markdown:
+        print(MARKDOWN_HEADER)
+    for index, name in enumerate(args.dataset_name):
+        data = load_dataset(name, family=args.family, eval_fraction=args.eval_fraction, seed=args.seed,
+                            conversational=args.conversational, max_rows=args.max_rows)
+        stats = compute_stats(name, data, tokenizer=tokenizer, max_length=args.max_length)
+        print(stats.markdown_row() if args.markdown else ("\n" if index else "") + stats.render())
     return 0

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from ..errors import AvalignError, DataError
+from ..errors import DataError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,11 +53,6 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    try:
-        metrics = evaluate(args)
-    except AvalignError as error:
-        print(f"avalign evaluate: error: {error}", file=sys.stderr)
-        return 2
+    metrics = evaluate(parse_args(argv))
     print(json.dumps(metrics, sort_keys=True))
     return 0

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-
-from avalign.errors import AvalignError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,10 +33,6 @@ def main(argv: list[str]) -> int:
     # Imported here so that `--help` answers without loading transformers.
     from avalign.tokenizer import read_texts, train_bpe_tokenizer
 
-    try:
-        tokenizer = train_bpe_tokenizer(read_texts(args.input, args.text_fields), args.vocab_size, args.output_dir)
-    except AvalignError as error:
-        print(f"avalign tokenizer: error: {error}", file=sys.stderr)
-        return 2
+    tokenizer = train_bpe_tokenizer(read_texts(args.input, args.text_fields), args.vocab_size, args.output_dir)
     print(f"saved a {len(tokenizer)}-token byte-level BPE tokenizer to {args.output_dir}")
     return 0
