@@ -150,3 +150,10 @@ def test_bootstrap_interval_matches_the_binomial_spread():
     half_width = 1.96 * (0.7 * 0.3 / 1000) ** 0.5
     assert low == pytest.approx(0.7 - half_width, abs=0.006) and high == pytest.approx(0.7 + half_width, abs=0.006)
     assert bootstrap_interval(np.ones(50)) == (1.0, 1.0)
+
+
+def test_pairwise_accuracy_counts_ties_as_wrong():
+    from avalign.evaluation.pairwise import pairwise_accuracy
+
+    assert pairwise_accuracy([1.0, 2.0, 3.0, 0.5], [0.0, 2.0, 4.0, 0.4]) == 0.5  # win, tie, loss, win
+    assert math.isnan(pairwise_accuracy([], []))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
@@ -12,7 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .data.collator import TQRCollator
 from .data.tokenize import ensure_pad_token, tokenize_dataset
-from .evaluation.pairwise import bootstrap_interval, pairwise_accuracy
+from .evaluation.pairwise import bootstrap_interval, pairwise_correct
 from .losses import sequence_rewards
 from .modeling import TQRModel
 
@@ -95,7 +94,7 @@ class AVARewardModel:
                 rejected[scoring] += scores[scoring][half:].tolist()
         metrics: dict = {"n": len(chosen["last"])}
         for scoring in ("last", "sum"):
-            correct = np.asarray(chosen[scoring]) > np.asarray(rejected[scoring])  # ties are wrong
-            metrics[f"accuracy_{scoring}"] = pairwise_accuracy(chosen[scoring], rejected[scoring])
+            correct = pairwise_correct(chosen[scoring], rejected[scoring])
+            metrics[f"accuracy_{scoring}"] = float(correct.mean()) if correct.size else float("nan")
             metrics[f"accuracy_{scoring}_ci95"] = bootstrap_interval(correct)
         return metrics

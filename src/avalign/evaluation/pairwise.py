@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def pairwise_correct(chosen_scores, rejected_scores) -> np.ndarray:
+    """Per pair: does the chosen response score strictly higher? Ties count as wrong."""
+    return np.asarray(chosen_scores, dtype=float) > np.asarray(rejected_scores, dtype=float)
+
+
 def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
-    """Fraction of pairs where the chosen response scores strictly higher. Ties count as wrong."""
-    chosen, rejected = np.asarray(chosen_scores, dtype=float), np.asarray(rejected_scores, dtype=float)
-    if chosen.size == 0:
-        return float("nan")
-    return float(np.mean(chosen > rejected))
+    """Fraction of pairs where the chosen response scores strictly higher (nan for no pairs)."""
+    correct = pairwise_correct(chosen_scores, rejected_scores)
+    return float(correct.mean()) if correct.size else float("nan")
 
 
 def pearson(x, y) -> float:
