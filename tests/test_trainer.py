@@ -53,7 +53,7 @@ def test_training_changes_every_parameter(arch, objective, tokenizer, synthetic,
     assert unchanged == []
 
 
-def test_eval_accuracy_matches_independent_scoring(tokenizer, synthetic, tmp_path):
+def test_trainer_and_reward_model_accuracies_agree(tokenizer, synthetic, tmp_path):
     """Trainer.evaluate (gathered predictions, Trainer batching) and AVARewardModel (its own batching) agree."""
     model = TQRModel(tiny_backbone("gpt2", tokenizer))
     trainer = AVATrainer(model, args=config(tmp_path, max_steps=5), train_dataset=synthetic[0], eval_dataset=synthetic[1], processing_class=tokenizer)
