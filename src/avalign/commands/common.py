@@ -57,13 +57,17 @@ class LoadedRun:
     tokenizer: PreTrainedTokenizerBase
     model: TQRModel | None
     task: SyntheticTask | None = None
+    backbone_path: str | None = None  # what TRL baselines load: the given model, or the from-scratch backbone saved
 
 
-def load_data_and_model(data_args: DataArguments, args, with_model: bool = True) -> LoadedRun:
-    """Datasets (train rows in the format the objective needs; eval always pairs), tokenizer and TQR model."""
+def load_data_and_model(data_args: DataArguments, args, with_model: bool = True, backbone_dir: str | None = None) -> LoadedRun:
+    """Datasets (train rows in the format the objective needs; eval always pairs), tokenizer and TQR model.
+
+    With ``backbone_dir`` (for TRL baselines) no TQR model is built: a from-scratch backbone is saved there instead,
+    with the same weights AVA would start from, and ``backbone_path`` says what to load."""
     task = None
     if data_args.dataset_name in (None, SYNTHETIC):
-        kind = "demonstration" if args.objective == "ava-d" else "preference"
+        kind = "demonstration" if args.objective in ("ava-d", "sft") else "preference"
         train, eval_set, task = synthetic_datasets(kind, data_args.synthetic_train_size, data_args.synthetic_eval_size)
         tokenizer = task.tokenizer()
     else:
@@ -80,15 +84,19 @@ def load_data_and_model(data_args: DataArguments, args, with_model: bool = True)
         else:  # a from-scratch backbone: its tokenizer is trained here, offline, on the training split only
             texts = (text for row in train for text in row_texts(row))
             tokenizer = train_bpe_tokenizer(texts, data_args.tokenizer_vocab_size)
-    model = None
-    if with_model:
-        if data_args.model_name_or_path is not None:
+    model, backbone_path = None, data_args.model_name_or_path
+    if with_model and data_args.model_name_or_path is not None:
+        if backbone_dir is None:
             model = TQRModel.from_pretrained(data_args.model_name_or_path, args.tqr_config())
+    elif with_model:
+        backbone = build_backbone(
+            data_args.backbone_arch, len(tokenizer), hidden_size=data_args.backbone_hidden_size,
+            num_layers=data_args.backbone_layers, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=args.seed,
+        )
+        if backbone_dir is not None:
+            backbone.save_pretrained(backbone_dir)
+            backbone_path = backbone_dir
         else:
-            backbone = build_backbone(
-                data_args.backbone_arch, len(tokenizer), hidden_size=data_args.backbone_hidden_size,
-                num_layers=data_args.backbone_layers, pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=args.seed,
-            )
             model = TQRModel(backbone, args.tqr_config())
-    return LoadedRun(train, eval_set, tokenizer, model, task)
+    return LoadedRun(train, eval_set, tokenizer, model, task, backbone_path)

@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 
 import torch
 from trl import TrlParser
 
 from ..errors import ConfigError
 
-from ..trainers.ava_config import AVAConfig
-from .common import DataArguments, load_data_and_model
+from ..trainers.ava_config import TRL_OBJECTIVES, AVAConfig
+from .common import DataArguments, LoadedRun, load_data_and_model
 
 
 # Settings of the embedded default task; flags and --config still override them.
@@ -28,15 +29,16 @@ SYNTHETIC_DEFAULTS = dict(
 
 def run(data_args: DataArguments, args: AVAConfig) -> dict:
     """Train, save, evaluate; returns the final metrics (also what the CLI prints)."""
+    if args.objective in TRL_OBJECTIVES:
+        with tempfile.TemporaryDirectory() as backbone_dir:
+            return run_baseline(load_data_and_model(data_args, args, backbone_dir=backbone_dir), args)
     from ..trainers.ava_trainer import AVATrainer
 
     loaded = load_data_and_model(data_args, args)
     trainer = AVATrainer(
         loaded.model, args=args, train_dataset=loaded.train, eval_dataset=loaded.eval, processing_class=loaded.tokenizer
     )
-    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-    trainer.save_model(args.output_dir)
-    metrics = {"train_loss": train_output.training_loss, "train_runtime_s": train_output.metrics["train_runtime"]}
+    metrics = _train_and_save(trainer, args)
     if loaded.eval is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
     if loaded.task is not None and loaded.eval is not None and "chosen_gold_rewards" in loaded.eval.column_names:
@@ -45,6 +47,30 @@ def run(data_args: DataArguments, args: AVAConfig) -> dict:
 
         scorer = AVARewardModel(trainer.model, loaded.tokenizer, max_length=args.max_length)
         metrics.update(gold_metrics(scorer, loaded.eval))
+    metrics["output_dir"] = args.output_dir
+    return metrics
+
+
+def _train_and_save(trainer, args: AVAConfig) -> dict:
+    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+    return {"train_loss": train_output.training_loss, "train_runtime_s": train_output.metrics["train_runtime"]}
+
+
+def run_baseline(loaded: LoadedRun, args: AVAConfig) -> dict:
+    """A TRL baseline on the same data, tokenizer and initial backbone; a BT model is evaluated like AVA."""
+    from ..reward_model import BTRewardModel
+    from ..trainers.baselines import trl_trainer
+
+    train_eval = loaded.eval if args.objective != "sft" else None  # SFT's eval rows would need completions
+    trainer = trl_trainer(loaded.backbone_path, loaded.tokenizer, loaded.train, train_eval, args)
+    metrics = _train_and_save(trainer, args)
+    if args.objective == "bt" and loaded.eval is not None:
+        scorer = BTRewardModel(trainer.model, loaded.tokenizer, max_length=args.max_length,
+                               batch_size=args.per_device_eval_batch_size)
+        pairs = scorer.evaluate_pairs(loaded.eval)
+        metrics.update(eval_accuracy=pairs["accuracy_last"], eval_accuracy_ci95=pairs["accuracy_last_ci95"],
+                       eval_n=pairs["n"])
     metrics["output_dir"] = args.output_dir
     return metrics
 

@@ -11,7 +11,9 @@ from ..losses import CER_FORMS, REDUCTIONS, WEIGHT_TARGETS
 from ..modeling import TQRConfig
 from ..data.tokenize import TOO_LONG_POLICIES
 
-OBJECTIVES = ("ava-p", "ava-d", "preftrans")
+AVA_OBJECTIVES = ("ava-p", "ava-d", "preftrans")  # trained by AVATrainer on a TQR model
+TRL_OBJECTIVES = ("bt", "dpo", "sft")  # baselines trained by TRL's own trainers (trainers/baselines.py)
+OBJECTIVES = AVA_OBJECTIVES + TRL_OBJECTIVES
 SCORINGS = ("last", "sum")
 
 
@@ -25,9 +27,12 @@ class AVAConfig(TrainingArguments):
         default="ava-p",
         metadata={"help": "ava-p: preference pairs (Eq. 17 + CER, Eq. 18). ava-d: demonstrations (Eq. 13); on "
                   "preference data it trains on the chosen responses. preftrans: the Preference Transformer "
-                  "baseline (Kim et al. 2023) on the same model's reward head and weights.",
+                  "baseline (Kim et al. 2023) on the same model's reward head and weights. Baselines through "
+                  "TRL, with the same TrainingArguments: bt (Bradley-Terry reward model, RewardTrainer), dpo "
+                  "(DPOTrainer), sft (SFTTrainer on the chosen responses).",
                   "choices": list(OBJECTIVES)},
     )
+    dpo_beta: float = field(default=0.1, metadata={"help": "beta of DPO (objective dpo only; TRL's default)."})
     alpha: float = field(default=1.0, metadata={"help": "alpha of the pretrained-Q transform (Eq. 12)."})
     beta: float = field(default=1.0, metadata={"help": "beta, weight of the Q (policy) term (Eqs. 13, 17)."})
     gamma: float = field(default=1.0, metadata={"help": "gamma, discount in the TD error (Eq. 14)."})

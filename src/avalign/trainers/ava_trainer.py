@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer
+from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..data.collator import TQRCollator
@@ -28,7 +28,7 @@ from ..losses import (
 )
 from ..modeling import TQRModel, TQROutput
 from .. import __version__
-from .ava_config import AVAConfig
+from .ava_config import AVA_OBJECTIVES, AVAConfig
 
 _CARD_OPTIONS = (
     "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "reduction", "use_reward_weights",
@@ -73,8 +73,12 @@ class AVATrainer(Trainer):
         args = args if args is not None else AVAConfig()
         if not isinstance(args, AVAConfig):
             raise ConfigError(f"AVATrainer needs an AVAConfig, got {type(args).__name__}")
+        if args.objective not in AVA_OBJECTIVES:
+            raise ConfigError(f"objective {args.objective} is a TRL baseline: train it with "
+                              "avalign.trainers.baselines.trl_trainer (or `avalign train --objective ...`)")
         if isinstance(model, str):
             processing_class = processing_class or AutoTokenizer.from_pretrained(model)
+            set_seed(args.seed)  # fresh heads: initialised under the run's seed, not whatever state came before
             model = TQRModel.from_pretrained(model, args.tqr_config())
         if processing_class is None:
             raise ConfigError("pass processing_class (the tokenizer) when model is a TQRModel object")

@@ -1,15 +1,26 @@
-"""Baselines through TRL, not reimplemented: Bradley-Terry reward models with trl.RewardTrainer."""
+"""Baselines through TRL, not reimplemented: Bradley-Terry reward models (RewardTrainer), DPO (DPOTrainer) and SFT
+(SFTTrainer), configured from the same AVAConfig as AVA so that a comparison differs only in the objective."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
-from trl import RewardConfig, RewardTrainer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+    set_seed,
+)
+from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
+from ..data.tokenize import ensure_pad_token, response_columns, tokenize_dataset
+from ..errors import ConfigError, DataError
 from ..evaluation.pairwise import pairwise_accuracy
+from .ava_config import AVAConfig, TRL_OBJECTIVES
 
 
 def bt_config(**overrides: Any) -> RewardConfig:
@@ -20,14 +31,74 @@ def bt_config(**overrides: Any) -> RewardConfig:
     return RewardConfig(**values)
 
 
+def trl_config(args: AVAConfig) -> RewardConfig | DPOConfig | SFTConfig:
+    """The TRL config of ``args.objective`` carrying every TrainingArguments value of ``args`` (steps, batch size,
+    learning rate, schedule, seed, precision, ...), plus max_length and, for DPO, ``dpo_beta``."""
+    if args.objective not in TRL_OBJECTIVES:
+        raise ConfigError(f"objective {args.objective} is not a TRL baseline {TRL_OBJECTIVES}")
+    shared = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
+    shared.update(max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing)
+    if args.objective == "bt":
+        return RewardConfig(**shared)
+    if args.objective == "dpo":
+        return DPOConfig(**shared, beta=args.dpo_beta)
+    return SFTConfig(**shared)
+
+
+def as_bt_features(tokenized: Dataset) -> Dataset:
+    """Rows tokenised by avalign (prompt_ids, chosen_ids, rejected_ids; responses end with EOS) as the processed
+    columns RewardTrainer accepts, so BT sees exactly the tokens, truncation included, that AVA sees."""
+    return tokenized.map(
+        lambda row: {"chosen_ids": row["prompt_ids"] + row["chosen_ids"],
+                     "rejected_ids": row["prompt_ids"] + row["rejected_ids"]},
+        remove_columns=["prompt_ids"],
+    )
+
+
 def bradley_terry_trainer(
     backbone: str, tokenizer: PreTrainedTokenizerBase, train: Dataset, eval_dataset: Dataset | None, args: RewardConfig
 ) -> RewardTrainer:
     """TRL's RewardTrainer on ``backbone`` (a hub id or a directory saved by save_pretrained) with a fresh scalar
-    head. The pad token must differ from EOS: the classifier scores the last non-pad token, and TRL appends EOS."""
+    head. The pad token must differ from EOS: the classifier scores the last non-pad token, and TRL appends EOS.
+    The head is initialised under ``args.seed`` (the Trainer only seeds after the model exists)."""
+    set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     return RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, processing_class=tokenizer)
+
+
+def trl_trainer(
+    backbone: str, tokenizer: PreTrainedTokenizerBase, train: Dataset, eval_dataset: Dataset | None, args: AVAConfig
+):
+    """The TRL trainer of ``args.objective`` on ``backbone`` (a hub id or a saved backbone directory).
+
+    bt: preference rows, tokenised and truncated by avalign exactly as for AVA (``as_bt_features``). dpo:
+    preference rows, TRL's own tokenisation and truncation. sft: demonstrations (prompt/completion), or the chosen
+    responses of preference rows, with TRL's completion-only loss."""
+    config = trl_config(args)
+    ensure_pad_token(tokenizer)
+    columns = response_columns(train.column_names)
+    if args.objective in ("bt", "dpo") and columns != ("chosen", "rejected"):
+        raise DataError(f"objective {args.objective} needs preference rows (prompt/chosen/rejected); the train set "
+                        f"has {train.column_names}", path="train_dataset", field="chosen/rejected")
+    if args.objective == "bt":
+        def features(rows: Dataset | None, split: str) -> Dataset | None:
+            if rows is None:
+                return None
+            tokenized, report = tokenize_dataset(rows, tokenizer, max_length=args.max_length, too_long=args.too_long,
+                                                 source=split)
+            print(f"[avalign] {split}: {report.summary()}")
+            return as_bt_features(tokenized)
+        return bradley_terry_trainer(backbone, tokenizer, features(train, "train"), features(eval_dataset, "eval"), config)
+    set_seed(args.seed)
+    model = AutoModelForCausalLM.from_pretrained(backbone)
+    if args.objective == "dpo":
+        return DPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
+                          processing_class=tokenizer)
+    as_sft = lambda rows: rows if rows is None or "completion" in rows.column_names else (
+        rows.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion"))
+    return SFTTrainer(model=model, args=config, train_dataset=as_sft(train), eval_dataset=as_sft(eval_dataset),
+                      processing_class=tokenizer)
 
 
 @torch.no_grad()
