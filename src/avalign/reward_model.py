@@ -1,19 +1,25 @@
-"""Inference with a trained TQR model: per-token reward means, sigmas and weights, and sequence scores."""
+"""Inference with trained reward models: AVA (TQR) models give per-token reward means, sigmas and weights and two
+sequence scores; Bradley-Terry models (TRL's RewardTrainer) give one score. ``load_reward_model`` picks the class.
+
+Both classes share one interface: ``scorings`` (the sequence scores the model offers), ``sequence_scores(prompts,
+responses)`` (a list per scoring) and ``evaluate_pairs(dataset)``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
-from .data.collator import TQRCollator
+from .data.collator import TQRCollator, collate_sequences
 from .data.tokenize import ensure_pad_token, tokenize_dataset
 from .evaluation.pairwise import bootstrap_interval, pairwise_correct
 from .losses import sequence_rewards
-from .modeling import TQRModel
+from .errors import ConfigError
+from .modeling import TQR_CONFIG_NAME, TQRModel
 
 
 @dataclass
@@ -28,8 +34,35 @@ class ResponseRewards:
     sum: float  # Eq. 19: sum of weighted reward means over the response
 
 
-class AVARewardModel:
+def pair_metrics(chosen: dict[str, list[float]], rejected: dict[str, list[float]]) -> dict:
+    """Per scoring: pairwise accuracy (ties wrong) with a 95% percentile-bootstrap interval over pairs; and ``n``."""
+    metrics: dict = {"n": len(next(iter(chosen.values())))}
+    for scoring in chosen:
+        correct = pairwise_correct(chosen[scoring], rejected[scoring])
+        metrics[f"accuracy_{scoring}"] = float(correct.mean()) if correct.size else float("nan")
+        metrics[f"accuracy_{scoring}_ci95"] = bootstrap_interval(correct)
+    return metrics
+
+
+def _batches(tokenized: Dataset, batch_size: int, progress: bool):
+    for start in tqdm(range(0, len(tokenized), batch_size), desc="scoring", disable=not progress):
+        yield [tokenized[i] for i in range(start, min(start + batch_size, len(tokenized)))]
+
+
+class _PairEvaluation:
+    def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
+        raise NotImplementedError
+
+    def evaluate_pairs(self, dataset: Dataset, progress: bool = False) -> dict:
+        """Pairwise accuracy (ties wrong) under each scoring over prompt/chosen/rejected rows, each with a 95%
+        percentile-bootstrap interval over pairs; pairs are truncated jointly, exactly as in training."""
+        return pair_metrics(*self.pair_scores(dataset, progress))
+
+
+class AVARewardModel(_PairEvaluation):
     """Scores (prompt, response) pairs with a TQR model, in batches, without gradients."""
+
+    scorings = ("last", "sum")
 
     def __init__(
         self, model: TQRModel, tokenizer: PreTrainedTokenizerBase, *, max_length: int | None = None,
@@ -56,8 +89,7 @@ class AVARewardModel:
             rows, self.tokenizer, max_length=self.max_length, is_encoder_decoder=self.model.is_encoder_decoder,
             source="scored rows",
         )
-        for start in tqdm(range(0, len(tokenized), self.batch_size), desc="scoring", disable=not progress):
-            features = [tokenized[i] for i in range(start, min(start + self.batch_size, len(tokenized)))]
+        for features in _batches(tokenized, self.batch_size, progress):
             batch = self.collator(features)
             batch.pop("is_preference")
             out = self.model(**{k: v.to(self.device) for k, v in batch.items()}, with_q=False)
@@ -82,9 +114,8 @@ class AVARewardModel:
                 )
         return results
 
-    def evaluate_pairs(self, dataset: Dataset, progress: bool = False) -> dict[str, float]:
-        """Pairwise accuracy (ties wrong) under both scorings over prompt/chosen/rejected rows, each with a 95%
-        percentile-bootstrap interval over pairs."""
+    def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
+        """({scoring: chosen scores}, {scoring: rejected scores}) over prompt/chosen/rejected rows."""
         chosen: dict[str, list[float]] = {"last": [], "sum": []}
         rejected: dict[str, list[float]] = {"last": [], "sum": []}
         for features, _, scores in self._forward(dataset.select_columns(["prompt", "chosen", "rejected"]), progress):
@@ -92,9 +123,63 @@ class AVARewardModel:
             for scoring in ("last", "sum"):
                 chosen[scoring] += scores[scoring][:half].tolist()
                 rejected[scoring] += scores[scoring][half:].tolist()
-        metrics: dict = {"n": len(chosen["last"])}
-        for scoring in ("last", "sum"):
-            correct = pairwise_correct(chosen[scoring], rejected[scoring])
-            metrics[f"accuracy_{scoring}"] = float(correct.mean()) if correct.size else float("nan")
-            metrics[f"accuracy_{scoring}_ci95"] = bootstrap_interval(correct)
-        return metrics
+        return chosen, rejected
+
+    def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
+        scored = self.score(prompts, responses, progress)
+        return {scoring: [getattr(r, scoring) for r in scored] for scoring in self.scorings}
+
+
+class BTRewardModel(_PairEvaluation):
+    """Scores (prompt, response) pairs with a sequence-classification reward model (e.g. one trained by TRL's
+    RewardTrainer through ``avalign train --objective bt``). The sequence is prompt tokens + response tokens + EOS,
+    tokenised and truncated exactly as for AVA models, and the model reads the last non-pad token."""
+
+    scorings = ("last",)
+
+    def __init__(
+        self, model, tokenizer: PreTrainedTokenizerBase, *, max_length: int | None = None, batch_size: int = 32,
+        device: str | torch.device | None = None,
+    ):
+        if model.config.is_encoder_decoder:
+            raise ConfigError("Bradley-Terry scoring supports causal-LM sequence classifiers only")
+        self.model = model.eval()
+        self.tokenizer = ensure_pad_token(tokenizer)
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.max_length, self.batch_size = max_length, batch_size
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model.to(self.device)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **kwargs) -> "BTRewardModel":
+        return cls(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), AutoTokenizer.from_pretrained(path), **kwargs)
+
+    @torch.no_grad()
+    def _scores(self, rows: Dataset, progress: bool) -> list[float]:
+        tokenized, _ = tokenize_dataset(rows, self.tokenizer, max_length=self.max_length, source="scored rows")
+        keys = ("chosen", "rejected") if "rejected_ids" in tokenized.column_names else ("completion",)
+        scores: list[float] = []
+        for features in _batches(tokenized, self.batch_size, progress):
+            batch = collate_sequences(features, keys, self.tokenizer.pad_token_id)
+            logits = self.model(input_ids=batch["input_ids"].to(self.device),
+                                attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0]
+            scores += logits.reshape(len(keys), -1).T.reshape(-1).tolist()  # row-major: each row's responses together
+        return scores
+
+    def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
+        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        return {"last": self._scores(rows, progress)}
+
+    def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
+        scores = self._scores(dataset.select_columns(["prompt", "chosen", "rejected"]), progress)
+        return {"last": scores[0::2]}, {"last": scores[1::2]}
+
+
+def load_reward_model(path: str, **kwargs) -> AVARewardModel | BTRewardModel:
+    """An AVA reward model for a directory holding a TQR model (``tqr_config.json``), else a Bradley-Terry one."""
+    if (Path(path) / TQR_CONFIG_NAME).exists():
+        return AVARewardModel.from_pretrained(path, **kwargs)
+    try:
+        return BTRewardModel.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:  # not a model directory, an unknown hub id, no network, ...
+        raise ConfigError(f"cannot load a reward model from '{path}': {exc}") from exc

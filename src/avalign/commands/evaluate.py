@@ -1,17 +1,28 @@
-"""`avalign evaluate`: pairwise accuracy of a trained TQR model; the last stdout line is one JSON object."""
+"""`avalign evaluate`: pairwise accuracy of a trained reward model (AVA, Preference Transformer or Bradley-Terry);
+the last stdout line is one JSON object.
+
+--format pairs (default): a dataset avalign loads (its eval split by default), accuracy per scoring with a 95%
+bootstrap interval, and the gold metrics on the synthetic task. --format rewardbench: a file of
+prompt/chosen/rejected/subset rows, per-subset accuracy and RewardBench's section-weighted score."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="avalign evaluate", description=__doc__)
-    parser.add_argument("--model_name_or_path", required=True, help="A directory written by `avalign train`.")
+    parser = argparse.ArgumentParser(prog="avalign evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", required=True,
+                        help="A directory written by `avalign train` (any objective that trains a reward model).")
     parser.add_argument("--dataset_name", default="synthetic", help="Hub id, local file, or 'synthetic'.")
+    parser.add_argument("--format", default="pairs", choices=["pairs", "rewardbench"],
+                        help="pairs: any dataset avalign loads; rewardbench: a local file with a subset column.")
+    parser.add_argument("--scoring", default=None, choices=["last", "sum"],
+                        help="Sequence score for --format rewardbench (default: the model's first, 'last').")
     parser.add_argument("--dataset_family", default=None, help="Parser for the dataset (default: detected).")
     parser.add_argument("--split", default="eval", choices=["eval", "train", "all"],
                         help="Which side of the prompt-grouped split to score (same seed/fraction as training).")
@@ -24,30 +35,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def _pairs(args: argparse.Namespace):
     from datasets import concatenate_datasets
 
     from ..data.synthetic import synthetic_datasets
-    from ..evaluation.gold import gold_metrics
-    from ..reward_model import AVARewardModel
 
-    scorer = AVARewardModel.from_pretrained(args.model_name_or_path, max_length=args.max_length, batch_size=args.batch_size)
-    metrics: dict = {}
     if args.dataset_name == "synthetic":
-        _, dataset, _ = synthetic_datasets("preference", 0, args.synthetic_eval_size)
-    else:
-        from ..data import load_dataset
+        return synthetic_datasets("preference", 0, args.synthetic_eval_size)[1]
+    from ..data import load_dataset
 
-        loaded = load_dataset(args.dataset_name, family=args.dataset_family, eval_fraction=args.eval_fraction,
-                              seed=args.dataset_seed, max_rows=args.max_rows)
-        parts = {"eval": [loaded.eval], "train": [loaded.train], "all": [loaded.train, loaded.eval]}[args.split]
-        dataset = concatenate_datasets([p for p in parts if p is not None])
-        if loaded.kind != "preference":
-            raise DataError(f"evaluate ranks preference pairs, but {args.dataset_name} ({loaded.family}) holds "
-                            "demonstrations (prompt/completion)", path=args.dataset_name)
-    metrics.update(scorer.evaluate_pairs(dataset, progress=True))
-    metrics["accuracy"] = metrics["accuracy_last"]
-    if "chosen_gold_rewards" in dataset.column_names:
+    loaded = load_dataset(args.dataset_name, family=args.dataset_family, eval_fraction=args.eval_fraction,
+                          seed=args.dataset_seed, max_rows=args.max_rows)
+    if loaded.kind != "preference":
+        raise DataError(f"evaluate ranks preference pairs, but {args.dataset_name} ({loaded.family}) holds "
+                        "demonstrations (prompt/completion)", path=args.dataset_name)
+    parts = {"eval": [loaded.eval], "train": [loaded.train], "all": [loaded.train, loaded.eval]}[args.split]
+    return concatenate_datasets([p for p in parts if p is not None])
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from ..evaluation.pairwise import pairwise_correct
+    from ..reward_model import AVARewardModel, load_reward_model
+
+    scorer = load_reward_model(args.model_name_or_path, max_length=args.max_length, batch_size=args.batch_size)
+    if args.format == "rewardbench":
+        from ..data.loading import read_file
+        from ..evaluation.rewardbench import rewardbench_metrics, rewardbench_rows
+
+        scoring = args.scoring or scorer.scorings[0]
+        if scoring not in scorer.scorings:
+            raise ConfigError(f"{args.model_name_or_path} offers scorings {list(scorer.scorings)}, not '{scoring}'")
+        rows = rewardbench_rows(read_file(args.dataset_name, args.max_rows))
+        chosen, rejected = scorer.pair_scores(rows, progress=True)
+        correct = pairwise_correct(chosen[scoring], rejected[scoring])
+        return {"scoring": scoring, "n": len(rows), **rewardbench_metrics(correct.tolist(), rows["subset"])}
+    dataset = _pairs(args)
+    metrics = scorer.evaluate_pairs(dataset, progress=True)
+    metrics["accuracy"] = metrics[f"accuracy_{scorer.scorings[0]}"]
+    if "chosen_gold_rewards" in dataset.column_names and isinstance(scorer, AVARewardModel):
+        from ..evaluation.gold import gold_metrics
+
         metrics.update(gold_metrics(scorer, dataset))
     return metrics
 

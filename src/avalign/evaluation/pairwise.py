@@ -33,3 +33,24 @@ def bootstrap_interval(values, confidence: float = 0.95, resamples: int = 2000, 
     means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
     tail = (1 - confidence) / 2
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def paired_difference(differences: list, confidence: float = 0.95, resamples: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Mean paired difference between two methods and its two-level percentile-bootstrap interval.
+
+    ``differences[s]`` holds, for seed (or fold) s, the per-pair differences (e.g. correct_A - correct_B) on that
+    seed's evaluation pairs. The estimate is the mean over seeds of the per-seed means. Each bootstrap replicate
+    resamples seeds, then pairs within each drawn seed, so the interval carries both the training-seed spread and
+    the finite evaluation set."""
+    groups = [np.asarray(d, dtype=float) for d in differences]
+    if not groups or any(g.size == 0 for g in groups):
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(resamples)
+    for b in range(resamples):
+        drawn = rng.integers(0, len(groups), size=len(groups))
+        replicates[b] = np.mean([groups[s][rng.integers(0, groups[s].size, size=groups[s].size)].mean() for s in drawn])
+    tail = (1 - confidence) / 2
+    estimate = float(np.mean([g.mean() for g in groups]))
+    return estimate, float(np.quantile(replicates, tail)), float(np.quantile(replicates, 1 - tail))
