@@ -27,7 +27,7 @@ import pyarrow.parquet
 from avalign.data.cleaning import CleaningReport, clean_rows
 from avalign.data.families import Family, detect_family, get_family
 from avalign.data.formats import Record, row_format
-from avalign.data.splits import check_fraction, remove_eval_prompts, split_by_prompt
+from avalign.data.splits import check_fraction, fold_range, remove_eval_prompts, split_by_prompt
 from avalign.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -292,6 +292,7 @@ def load_dataset(
     conversational: bool = False,
     max_rows: int | None = None,
     eval_name_or_path: str | None = None,
+    eval_fold: tuple[int, int] | None = None,
 ) -> LoadedData:
     """Load a dataset of any supported family as TRL-format train/eval datasets.
 
@@ -299,7 +300,8 @@ def load_dataset(
     ``family``: the parser (see families.FAMILIES); default: detected from the fields of the first row.
     The evaluation split is, in order of preference: ``eval_name_or_path`` (its test split if it has one, else all
     of it; its family is always detected), the source's own test/validation split, or the rows whose prompt hashes
-    below ``eval_fraction`` (splits.py). Training rows whose prompt is also in a separate evaluation split are
+    below ``eval_fraction`` (splits.py); ``eval_fold=(f, k)`` takes fold f of a k-fold split by prompt instead,
+    so that over the k folds every row is evaluated exactly once. Training rows whose prompt is also in a separate evaluation split are
     dropped and counted, except for gsm8k-pairs, which refuses. ``max_rows`` caps the rows read per split.
     ``clean``: drop empty responses, chosen == rejected and duplicates (counted in ``report``).
     ``conversational``: return messages instead of strings.
@@ -318,7 +320,10 @@ def load_dataset(
     else:
         separate_eval = (source.family, source.eval, source.label) if source.eval is not None else None
     if separate_eval is None:
-        train, evaluation = split_by_prompt(train, eval_fraction, seed)
+        eval_range = fold_range(*eval_fold) if eval_fold is not None else None
+        train, evaluation = split_by_prompt(train, eval_fraction, seed, eval_range)
+    elif eval_fold is not None:
+        raise ConfigError(f"eval_fold needs a dataset without its own evaluation split; {source.label} has one")
     else:
         eval_family, eval_records, eval_label = separate_eval
         evaluation, eval_kind = _parse_and_clean(eval_family, eval_records, **options)

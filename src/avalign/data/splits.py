@@ -5,6 +5,9 @@ HH-RLHF transcript or a message list) the key is the normalised *first user turn
 one conversation, and splitting by the full prompt would put the same opening on both sides. The bucket of a key is
 sha256(seed, key) mapped to [0, 1); keys with bucket < eval_fraction go to eval. The split therefore depends only
 on (seed, eval_fraction) and the prompts, not on row order or on which other rows exist.
+
+K-fold evaluation uses the same buckets: fold f of k holds the keys with bucket in [f/k, (f+1)/k), so over the k
+folds every row is evaluated exactly once and no prompt group is ever on both sides.
 """
 
 from __future__ import annotations
@@ -43,12 +46,22 @@ def check_fraction(eval_fraction: float) -> None:
         raise ConfigError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
 
 
-def split_by_prompt(rows: list[Record], eval_fraction: float, seed: int = 0) -> tuple[list[Record], list[Record]]:
-    """(train, eval): rows whose prompt's bucket is below ``eval_fraction`` go to eval, in their original order."""
+def fold_range(fold: int, num_folds: int) -> tuple[float, float]:
+    """The bucket interval of evaluation fold ``fold`` (0-based) of ``num_folds``."""
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ConfigError(f"need num_folds >= 2 and 0 <= fold < num_folds, got fold {fold} of {num_folds}")
+    return fold / num_folds, (fold + 1) / num_folds
+
+
+def split_by_prompt(rows: list[Record], eval_fraction: float, seed: int = 0,
+                    eval_range: tuple[float, float] | None = None) -> tuple[list[Record], list[Record]]:
+    """(train, eval): rows whose prompt's bucket is below ``eval_fraction`` (or in ``eval_range``, a k-fold fold)
+    go to eval, in their original order."""
     check_fraction(eval_fraction)
+    low, high = eval_range if eval_range is not None else (0.0, eval_fraction)
     train, evaluation = [], []
     for record in rows:
-        (evaluation if bucket(group_key(record.data["prompt"]), seed) < eval_fraction else train).append(record)
+        (evaluation if low <= bucket(group_key(record.data["prompt"]), seed) < high else train).append(record)
     return train, evaluation
 
 
