@@ -35,3 +35,14 @@ def tiny_backbone(arch, tokenizer, seed=0):
         arch, len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=seed,
     )
+
+
+def reference_gold_return(task, prompt, completion):
+    """The gold return written from the synthetic task's tables: the sum over the completion's words w of
+    base[w] + interaction[previous word, w], starting from the prompt's last word."""
+    ids = {word: i for i, word in enumerate(task.words)}
+    previous, total = ids[prompt.split()[-1]], 0.0
+    for word in completion.split():
+        total += task.base_reward[ids[word]] + task.interaction[previous, ids[word]]
+        previous = ids[word]
+    return float(total)

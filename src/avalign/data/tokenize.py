@@ -91,6 +91,15 @@ def _fit(prompt: list[int], responses: list[list[int]], max_length: int, is_enco
     return new_prompt, new_responses, len(new_prompt) != len(prompt), response_cut
 
 
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, is_encoder_decoder: bool = False) -> list[int]:
+    """Token ids of a (templated) prompt as training and generation both see it."""
+    ids = tokenizer(prompt, add_special_tokens=not is_encoder_decoder)["input_ids"]
+    if not ids and not is_encoder_decoder:
+        # A causal LM needs one token of state before the first action.
+        ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    return ids
+
+
 def tokenize_dataset(
     dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -118,10 +127,7 @@ def tokenize_dataset(
             if getattr(tokenizer, "chat_template", None) is None:
                 raise DataError("conversational rows need a tokenizer with a chat template", path=source, row=index + 1)
             example = maybe_apply_chat_template(example, tokenizer)
-        prompt = tokenizer(example["prompt"], add_special_tokens=not is_encoder_decoder)["input_ids"]
-        if not prompt and not is_encoder_decoder:
-            # A causal LM needs one token of state before the first action.
-            prompt = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        prompt = prompt_ids(tokenizer, example["prompt"], is_encoder_decoder)
         responses = []
         for column in columns:
             ids = tokenizer(example[column], add_special_tokens=False)["input_ids"]

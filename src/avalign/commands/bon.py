@@ -1,0 +1,62 @@
+"""`avalign bon`: best-of-N sampling with a reward model, to JSONL; the last stdout line is one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from .generate import add_policy_arguments, gold_summary, load_policy_and_prompts, sampling_kwargs, write_jsonl
+
+
+def _finite_mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _or_null(score: float) -> float | None:
+    return score if np.isfinite(score) else None
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="avalign bon", description=__doc__)
+    add_policy_arguments(parser, default_n=4)
+    parser.add_argument("--reward_model", required=True,
+                        help="Any reward model avalign trains: an AVA (TQR) directory, a Bradley-Terry "
+                             "(sequence-classification) directory, or a Preference Transformer (TQR; --scoring sum).")
+    parser.add_argument("--scoring", default="last", choices=["last", "sum"],
+                        help="Sequence score: AVA offers last and sum (Eq. 19), Bradley-Terry last only.")
+    parser.add_argument("--max_length", type=int, default=None, help="Truncate scored sequences as in training.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    from ..evaluation.judges import reward_model_scorer
+    from ..generation import best_of_n
+    from ..reward_model import load_reward_model
+
+    args = parse_args(argv)
+    model, tokenizer, prompts, task = load_policy_and_prompts(args)
+    reward_model = load_reward_model(args.reward_model, max_length=args.max_length, batch_size=args.batch_size,
+                                     device=model.device)
+    rows = best_of_n(model, tokenizer, prompts, reward_model_scorer(reward_model, args.scoring), args.n,
+                     **sampling_kwargs(args))
+    for row in rows:  # sample_index 0: one row per prompt, matched by `compare` against `generate --n 1`
+        row.update(sample_index=0, policy=args.policy, seed=args.seed, n=args.n, reward_model=args.reward_model,
+                   scoring=args.scoring)
+    candidate_scores = np.array([row["candidate_scores"] for row in rows])
+    summary = {"output": args.output, "prompts": len(rows), "n": args.n,
+               "mean_proxy_score": _finite_mean([row["proxy_score"] for row in rows]),
+               "mean_candidate_proxy_score": _finite_mean(candidate_scores),
+               "empty_candidates": int(np.isinf(candidate_scores).sum())}
+    for row in rows:  # empty completions score -inf (unscorable): null in the JSONL, which has no infinities
+        row["proxy_score"] = _or_null(row["proxy_score"])
+        row["candidate_scores"] = [_or_null(score) for score in row["candidate_scores"]]
+    if task is not None:
+        summary.update(gold_summary(task, rows))
+        summary.update(gold_summary(task, rows, "candidates", "candidate_gold_rewards"))
+    write_jsonl(args.output, rows)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
