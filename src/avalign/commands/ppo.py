@@ -1,0 +1,97 @@
+"""`avalign ppo`: PPO on a causal LM with per-token rewards from an AVA reward model (dense, sum or last, optionally
+pessimistic), a Bradley-Terry model (last) or, on the synthetic task, the gold reward. The last stdout line is one
+JSON object (the last update's statistics and the output directory)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from dataclasses import dataclass, field
+
+from trl import TrlParser
+
+from ..errors import ConfigError
+from ..rl.ppo import PPOConfig
+from ..rl.rewards import REWARDS
+
+SYNTHETIC, GOLD = "synthetic", "gold"
+
+
+@dataclass
+class PPOArguments:
+    """Where the policy, the rewards and the prompts come from (the rest is PPOConfig)."""
+
+    policy: str = field(metadata={"help": "A Hugging Face causal LM directory (or hub id), or a TQR model directory "
+                                  "saved by `avalign train` with the pretrained Q (its backbone is the policy)."})
+    reward_model: str = field(metadata={"help": "A reward model directory (AVA/TQR or Bradley-Terry) sharing the "
+                                        "policy's tokenizer, or 'gold': the synthetic task's gold reward."})
+    reward: str = field(default="dense", metadata={"help": "dense: a reward at every token (AVA only); sum: the "
+                                                   "sequence reward on the last token; last: the last token's reward.",
+                                                   "choices": list(REWARDS)})
+    kappa: float = field(default=0.0, metadata={"help": "Pessimism: token rewards w*mu - kappa*sigma (AVA only)."})
+    prompts: str = field(default=SYNTHETIC, metadata={"help": "'synthetic' (the embedded task's training prompts; "
+                                                      "its eval prompts stay unseen) or a .jsonl/.json/.csv/.parquet "
+                                                      "file with a prompt column."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompts in a prompts file."})
+    num_prompts: int = field(default=2000, metadata={"help": "Synthetic prompts to draw, or rows read from a file."})
+
+
+def load_prompts(args: PPOArguments) -> list[str]:
+    if args.prompts == SYNTHETIC:
+        from ..data.synthetic import SyntheticTask
+
+        return [row["prompt"] for row in SyntheticTask().demonstration_rows(args.num_prompts, seed=1)]
+    from ..data.loading import read_file
+    from ..generation import record_text
+
+    return [record_text(record, args.prompt_column) for record in read_file(args.prompts, max_rows=args.num_prompts)]
+
+
+def reward_sources(args: PPOArguments, tokenizer, device: str):
+    """(the reward source PPO optimises, the gold source it logs, or None)."""
+    from ..data.synthetic import SyntheticTask
+    from ..rl.rewards import GoldRewards, RewardModelRewards
+
+    gold = None
+    if args.prompts == SYNTHETIC:
+        with contextlib.suppress(ConfigError):  # a policy with another tokenizer: no gold reward to log
+            gold = GoldRewards(SyntheticTask(), tokenizer)
+    if args.reward_model != GOLD:
+        return RewardModelRewards(args.reward_model, tokenizer, reward=args.reward, kappa=args.kappa,
+                                  device=device), gold
+    if gold is None:
+        raise ConfigError("--reward_model gold needs --prompts synthetic and a policy with the synthetic task's "
+                          "tokenizer")
+    if args.kappa:
+        raise ConfigError("--kappa needs an AVA reward model (the gold reward has no sigma)")
+    return GoldRewards(SyntheticTask(), tokenizer, reward=args.reward), gold
+
+
+def run(args: PPOArguments, config: PPOConfig) -> dict:
+    from ..generation import BoltzmannHead, load_policy
+    from ..rl.ppo import PPOTrainer
+
+    if config.output_dir is None:
+        raise ConfigError("--output_dir is required: the trained policy is saved there")
+    policy, tokenizer = load_policy(args.policy, device=config.device)
+    if isinstance(policy.get_output_embeddings(), BoltzmannHead):
+        raise ConfigError(f"'{args.policy}' is a TQR model with a fresh Q head (its policy is softmax(beta * Q)); PPO "
+                          "trains and saves a plain LM head, so give it a plain LM or a pretrained-Q TQR model")
+    rewards, gold = reward_sources(args, tokenizer, config.device)
+    trainer = PPOTrainer(policy, tokenizer, load_prompts(args), rewards, config, gold=gold)
+    history = trainer.train()
+    trainer.save(config.output_dir, card={"policy": args.policy, "reward_model": args.reward_model,
+                                          "reward": args.reward, "kappa": args.kappa, "prompts": args.prompts})
+    return {**history[-1], "output_dir": config.output_dir}
+
+
+def main(argv: list[str]) -> int:
+    parser = TrlParser((PPOArguments, PPOConfig))
+    args, config = parser.parse_args_and_config(list(argv))
+    print(json.dumps(run(args, config), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,193 @@
+"""Rewards for policy optimisation: one reward per response token, from an AVA reward model (dense, with its
+uncertainty), a Bradley-Terry model (one number at the end) or the synthetic task's gold reward; and AVA sequence
+scores as a reward function for TRL's GRPOTrainer and RLOOTrainer.
+
+A token-reward source maps the policy's token ids, ``token_rewards(prompt_ids, response_ids)``, to one float tensor
+per response, as long as the response. Responses are what the policy sampled: they end with EOS, or stop at the
+length limit without one. Reward models score a response with EOS appended, as in training and in
+``AVARewardModel.score``; when a sampled response has no EOS, the reward of the appended EOS is added to the last
+sampled token, so a response's token rewards always sum to its sequence score.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+from trl.data_utils import maybe_apply_chat_template
+
+from ..data.collator import collate_sequences
+from ..data.synthetic import SyntheticTask
+from ..data.tokenize import ensure_pad_token, prompt_ids as tokenize_prompt
+from ..errors import ConfigError, DataError
+from ..reward_model import AVARewardModel, BTRewardModel, load_reward_model
+
+REWARDS = ("dense", "sum", "last")
+
+
+def place_rewards(token_rewards: torch.Tensor, reward: str) -> torch.Tensor:
+    """Where one response's rewards [n] go. dense: every token keeps its own; sum: their total on the last token;
+    last: the last token's own reward, alone."""
+    if reward == "dense":
+        return token_rewards
+    if reward not in REWARDS:
+        raise ConfigError(f"unknown reward '{reward}'; expected one of {REWARDS}")
+    placed = torch.zeros_like(token_rewards)
+    placed[-1] = token_rewards.sum() if reward == "sum" else token_rewards[-1]
+    return placed
+
+
+def pessimistic_rewards(reward_mean: torch.Tensor, reward_std: torch.Tensor, reward_weights: torch.Tensor,
+                        kappa: float) -> torch.Tensor:
+    """w_t mu_t - kappa sigma_t per token: the weighted reward mean of Eq. 19 lowered by kappa standard deviations of
+    the reward posterior, whose distribution in the TD likelihood is N(w_t mu_t, sigma_t^2). kappa = 0: the mean."""
+    return reward_weights * reward_mean - kappa * reward_std
+
+
+def fold_appended_eos(rewards: torch.Tensor, response_length: int) -> torch.Tensor:
+    """Rewards of the reward model's tokens -> rewards of the policy's: the EOS the reward model appended to a
+    response sampled without one gives its reward to the last sampled token."""
+    if len(rewards) == response_length:
+        return rewards
+    return torch.cat([rewards[: response_length - 1], (rewards[-2] + rewards[-1]).reshape(1)])
+
+
+def _with_eos(response: list[int], eos_token_id: int) -> list[int]:
+    return response if response[-1] == eos_token_id else response + [eos_token_id]
+
+
+@torch.no_grad()
+def reward_model_token_rewards(
+    reward_model: AVARewardModel | BTRewardModel, prompt_ids: list[list[int]], response_ids: list[list[int]], *,
+    reward: str, kappa: float = 0.0,
+) -> list[torch.Tensor]:
+    """Token rewards of (prompt, response) token-id rows in the reward model's vocabulary, placed by ``reward``.
+
+    An AVA model gives ``pessimistic_rewards`` per token; a Bradley-Terry model one score at the last token. Rows
+    are scored whole (the reward model's ``max_length`` is not applied), in its batches."""
+    is_ava = isinstance(reward_model, AVARewardModel)
+    eos, pad = reward_model.tokenizer.eos_token_id, reward_model.tokenizer.pad_token_id
+    rows = []
+    for start in range(0, len(prompt_ids), reward_model.batch_size):
+        features = [{"prompt_ids": p, "completion_ids": _with_eos(r, eos)}
+                    for p, r in zip(prompt_ids[start:start + reward_model.batch_size],
+                                    response_ids[start:start + reward_model.batch_size])]
+        if is_ava:
+            batch = reward_model.collator(features)
+            batch.pop("is_preference")
+            out = reward_model.model(**{k: v.to(reward_model.device) for k, v in batch.items()}, with_q=False)
+            per_token = pessimistic_rewards(out.reward_mean, out.reward_log_std.exp(), out.reward_weights, kappa)
+            rows += [values[valid].cpu() for values, valid in zip(per_token, out.mask)]
+        else:
+            batch = collate_sequences(features, ("completion",), pad)
+            scores = reward_model.model(input_ids=batch["input_ids"].to(reward_model.device),
+                                        attention_mask=batch["attention_mask"].to(reward_model.device)).logits[:, 0]
+            for score, feature in zip(scores.float().cpu(), features):
+                row = torch.zeros(len(feature["completion_ids"]))
+                row[-1] = score
+                rows.append(row)
+    return [fold_appended_eos(place_rewards(r, reward), len(response)) for r, response in zip(rows, response_ids)]
+
+
+def check_reward_options(reward_model: AVARewardModel | BTRewardModel, reward: str, kappa: float) -> None:
+    """Bradley-Terry models give one number per sequence and no uncertainty: ``last`` only, kappa 0."""
+    if reward not in REWARDS:
+        raise ConfigError(f"unknown reward '{reward}'; expected one of {REWARDS}")
+    if kappa < 0:
+        raise ConfigError(f"kappa must be >= 0 (a pessimistic lower bound), got {kappa}")
+    if isinstance(reward_model, BTRewardModel) and (reward != "last" or kappa != 0):
+        raise ConfigError(f"a Bradley-Terry reward model gives one score per sequence and no sigma: use reward "
+                          f"'last' and kappa 0 (got reward '{reward}', kappa {kappa}); dense and pessimistic "
+                          "rewards need an AVA reward model")
+
+
+class RewardModelRewards:
+    """Token rewards from an AVA or Bradley-Terry reward model that shares the policy's tokenizer (the policy's token
+    ids are scored as they are, so dense rewards land on the tokens that earned them)."""
+
+    def __init__(self, reward_model: AVARewardModel | BTRewardModel | str, policy_tokenizer: PreTrainedTokenizerBase,
+                 *, reward: str = "dense", kappa: float = 0.0, device: str | None = None):
+        if isinstance(reward_model, str):
+            try:
+                reward_model = load_reward_model(reward_model, device=device)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot load a reward model from '{reward_model}': {exc}") from exc
+        check_reward_options(reward_model, reward, kappa)
+        if reward_model.tokenizer.get_vocab() != policy_tokenizer.get_vocab():
+            raise ConfigError("the reward model's tokenizer differs from the policy's: PPO scores the policy's token "
+                              "ids directly, so both must share one vocabulary")
+        self.reward_model, self.reward, self.kappa = reward_model, reward, kappa
+
+    def token_rewards(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[torch.Tensor]:
+        return reward_model_token_rewards(self.reward_model, prompt_ids, response_ids, reward=self.reward,
+                                          kappa=self.kappa)
+
+
+class GoldRewards:
+    """The synthetic task's gold reward r(previous word, word) as token rewards (``dense``), or their sum on the
+    last token (``sum``): the true objective, for tests and over-optimisation curves.
+
+    The final EOS earns 0. A token that is not a task word (a special token sampled mid-response) is off task: it
+    earns the lowest reward any word can earn and leaves the previous word unchanged."""
+
+    def __init__(self, task: SyntheticTask, tokenizer: PreTrainedTokenizerBase, *, reward: str = "dense"):
+        if reward not in ("dense", "sum"):
+            raise ConfigError(f"gold rewards are 'dense' or 'sum' (the gold return on the last token), got '{reward}'")
+        ids = tokenizer.convert_tokens_to_ids(task.words)
+        if tokenizer.unk_token_id in ids or None in ids:
+            raise ConfigError("gold rewards need the synthetic task's word-level tokenizer (one token per task word)")
+        self.task, self.reward, self.eos_token_id = task, reward, tokenizer.eos_token_id
+        self.word_of = {token: word for word, token in enumerate(ids)}
+        self.off_task_reward = float((task.base_reward[None, :] + task.interaction).min())
+
+    def token_rewards(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[torch.Tensor]:
+        rewards = []
+        for prompt, response in zip(prompt_ids, response_ids):
+            previous = self.word_of.get(prompt[-1])
+            if previous is None:
+                raise DataError("gold rewards need prompts of the synthetic task (ending with a task word)")
+            row = []
+            for position, token in enumerate(response):
+                word = self.word_of.get(token)
+                if word is not None:
+                    row += self.task.gold_rewards(previous, [word])
+                    previous = word
+                else:
+                    is_final_eos = token == self.eos_token_id and position == len(response) - 1
+                    row.append(0.0 if is_final_eos else self.off_task_reward)
+            rewards.append(place_rewards(torch.tensor(row), self.reward))
+        return rewards
+
+
+class AVARewardFunction:
+    """An AVA reward model as a reward function for TRL's GRPOTrainer and RLOOTrainer
+    (``reward_funcs=[AVARewardFunction(path)]``): each completion's sequence score, ``last`` or ``sum`` (Eq. 19),
+    optionally pessimistic (``kappa``).
+
+    TRL calls it as ``f(prompts=..., completions=..., completion_ids=..., **dataset_columns)`` with text (or
+    conversational messages) and names its logged column after ``__name__``. Texts are tokenised with the reward
+    model's tokenizer exactly as for scoring, except that an empty completion is scored as EOS alone instead of
+    being an error (a policy may stop at once)."""
+
+    def __init__(self, reward_model: AVARewardModel | str, *, scoring: str = "last", kappa: float = 0.0):
+        if isinstance(reward_model, str):
+            reward_model = AVARewardModel.from_pretrained(reward_model)
+        if not isinstance(reward_model, AVARewardModel):
+            raise ConfigError("AVARewardFunction needs an AVA reward model; pass a Bradley-Terry model to TRL directly")
+        if scoring not in AVARewardModel.scorings:
+            raise ConfigError(f"unknown scoring '{scoring}'; expected one of {AVARewardModel.scorings}")
+        check_reward_options(reward_model, scoring, kappa)
+        self.reward_model, self.scoring, self.kappa = reward_model, scoring, kappa
+        self.__name__ = f"ava_{scoring}" + (f"_kappa{kappa:g}" if kappa else "")
+
+    def _encode(self, prompt, completion) -> tuple[list[int], list[int]]:
+        tokenizer = ensure_pad_token(self.reward_model.tokenizer)
+        example = maybe_apply_chat_template({"prompt": prompt, "completion": completion}, tokenizer)
+        completion_ids = tokenizer(example["completion"], add_special_tokens=False)["input_ids"]
+        return (tokenize_prompt(tokenizer, example["prompt"], self.reward_model.model.is_encoder_decoder),
+                completion_ids + [tokenizer.eos_token_id])
+
+    def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
+        encoded_prompts, encoded_completions = zip(*(self._encode(p, c) for p, c in zip(prompts, completions)))
+        rewards = reward_model_token_rewards(self.reward_model, list(encoded_prompts), list(encoded_completions),
+                                             reward=self.scoring, kappa=self.kappa)
+        return [float(r.sum()) for r in rewards]

@@ -1,0 +1,198 @@
+"""PPO: the maths against independent references (a float64 GAE loop, hand-derived clipped losses), the rollout's
+log-probs against generate's, and end to end on the synthetic task: the gold reward of fresh samples rises, AVA
+rewards (dense and pessimistic) give finite statistics, and the CLI saves a loadable policy."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+from avalign import AVAConfig, AVATrainer, TQRConfig, TQRModel
+from avalign.commands.ppo import main as ppo_main
+from avalign.errors import ConfigError, TrainingDivergedError
+from avalign.rl.ppo import (PPOConfig, PPOTrainer, clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards,
+                            pad_left, position_ids, response_mask)
+from avalign.rl.rewards import GoldRewards, RewardModelRewards
+
+from conftest import tiny_backbone
+
+
+def small_config(**overrides) -> PPOConfig:
+    values = dict(learning_rate=1e-3, batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=6,
+                  total_episodes=32, disable_tqdm=True, seed=0)
+    values.update(overrides)
+    return PPOConfig(**values)
+
+
+def test_gae_matches_a_float64_loop_over_each_episode():
+    """A_t = sum_l (gamma lam)^l delta_{t+l} over the episode's own tokens, V = 0 after its last one."""
+    torch.manual_seed(0)
+    rewards, values = torch.randn(3, 5), torch.randn(3, 5)
+    lengths = [5, 3, 1]
+    mask = (torch.arange(5)[None, :] < torch.tensor(lengths)[:, None]).float()
+    gamma, lam = 0.9, 0.8
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    for row, n in enumerate(lengths):
+        r, v = rewards[row, :n].double().tolist(), values[row, :n].double().tolist() + [0.0]
+        deltas = [r[t] + gamma * v[t + 1] - v[t] for t in range(n)]
+        expected = [sum((gamma * lam) ** k * deltas[t + k] for k in range(n - t)) for t in range(n)]
+        assert advantages[row, :n].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert returns[row, :n].tolist() == pytest.approx([a + b for a, b in zip(expected, v)], rel=1e-5, abs=1e-6)
+        assert advantages[row, n:].abs().sum() == 0 and returns[row, n:].abs().sum() == 0
+
+
+def test_clipped_policy_loss_on_hand_derived_cases():
+    """eps = 0.2, one token each; loss = max(-A rho, -A clip(rho, 0.8, 1.2)):
+    A=+1, rho=1.5: max(-1.5, -1.2) = -1.2 (clipped);  A=-1, rho=0.5: max(0.5, 0.8) = 0.8 (clipped);
+    A=+1, rho=0.9: -0.9 (inside the range);            A=-1, rho=1.5: max(1.5, 1.2) = 1.5 (not clipped: pessimistic).
+    """
+    ratios, advantages = torch.tensor([[1.5, 0.5, 0.9, 1.5]]), torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    old = torch.zeros(1, 4)
+    per_token = [-1.2, 0.8, -0.9, 1.5]
+    for column, expected in enumerate(per_token):
+        mask = torch.zeros(1, 4)
+        mask[0, column] = 1
+        loss, clipfrac, approxkl = clipped_policy_loss(ratios.log(), old, advantages, mask, 0.2)
+        assert loss.item() == pytest.approx(expected)
+        assert clipfrac.item() == (1.0 if column < 2 else 0.0)
+        assert approxkl.item() == pytest.approx(0.5 * math.log(ratios[0, column].item()) ** 2)
+    loss, clipfrac, _ = clipped_policy_loss(ratios.log(), old, advantages, torch.ones(1, 4), 0.2)
+    assert loss.item() == pytest.approx(sum(per_token) / 4) and clipfrac.item() == 0.5
+
+
+def test_clipped_value_loss_on_hand_derived_cases():
+    """c = 0.2, old V = 0: V=1, G=1: clipped V = 0.2, max(0, 0.64) = 0.64 -> 0.32 (clipped);
+    V=0.1, G=1: inside the range, 0.81 -> 0.405;  V=1, G=-1: max(4, 1.44) = 4 -> 2 (unclipped is worse)."""
+    values, returns, old = torch.tensor([[1.0, 0.1, 1.0]]), torch.tensor([[1.0, 1.0, -1.0]]), torch.zeros(1, 3)
+    for column, (expected, clipped) in enumerate([(0.32, 1.0), (0.405, 0.0), (2.0, 0.0)]):
+        mask = torch.zeros(1, 3)
+        mask[0, column] = 1
+        loss, clipfrac = clipped_value_loss(values, old, returns, mask, 0.2)
+        assert loss.item() == pytest.approx(expected) and clipfrac.item() == clipped
+
+
+def test_kl_penalty_sits_on_every_response_token_and_only_there():
+    token_rewards = torch.tensor([[0.0, 0.0, 2.0, 0.0], [0.5, -1.0, 0.0, 0.0]])
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5, -3.0], [-1.0, -1.0, -1.0, -1.0]])
+    ref_logprobs = torch.tensor([[-1.5, -1.0, -0.5, -1.0], [-2.0, -0.5, -1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    rewards, kl = kl_penalized_rewards(token_rewards, logprobs, ref_logprobs, mask, kl_coef=0.1)
+    assert kl.tolist() == [[0.5, -1.0, 0.0, 0.0], [1.0, -0.5, 0.0, 0.0]]
+    assert torch.allclose(rewards, torch.tensor([[-0.05, 0.1, 2.0, 0.0], [0.4, -0.95, 0.0, 0.0]]))
+
+
+def test_response_mask_ends_at_the_first_eos():
+    eos = 2
+    responses = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 2, 2, 2]])
+    assert response_mask(responses, eos).tolist() == [[True, True, False, False], [True] * 4,
+                                                      [True, False, False, False]]
+
+
+def test_recomputed_logits_equal_generate_ones_under_left_padding(tokenizer):
+    """PPO recomputes log-probs with a forward pass; with left-padded prompts it must use generate's positions."""
+    policy = tiny_backbone("gpt2", tokenizer, seed=0).eval()
+    queries = [tokenizer("bal fes")["input_ids"], tokenizer("bal fes tun lez dab")["input_ids"]]
+    input_ids, attention = pad_left(queries, tokenizer.pad_token_id), pad_left([[1] * len(q) for q in queries], 0)
+    torch.manual_seed(0)
+    out = policy.generate(input_ids=input_ids, attention_mask=attention, generation_config=GenerationConfig(
+        do_sample=True, top_k=0, max_new_tokens=4, output_logits=True, return_dict_in_generate=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=-1))
+    full_mask = torch.cat([attention, torch.ones(2, 4, dtype=torch.long)], 1)
+    with torch.no_grad():
+        logits = policy(input_ids=out.sequences, attention_mask=full_mask, position_ids=position_ids(full_mask)).logits
+    assert torch.allclose(logits[:, input_ids.shape[1] - 1:-1], torch.stack(out.logits, 1), atol=1e-5)
+
+
+def test_ppo_on_the_gold_reward_raises_the_gold_reward_of_fresh_samples(synthetic, tokenizer):
+    task = synthetic[2]
+    gold = GoldRewards(task, tokenizer)
+    train_prompts = [row["prompt"] for row in task.demonstration_rows(256, seed=1)]
+    eval_queries = [tokenizer(row["prompt"])["input_ids"] for row in task.demonstration_rows(128, seed=2)]
+    config = small_config(batch_size=32, ppo_epochs=4, max_new_tokens=8, total_episodes=32 * 10)
+    trainer = PPOTrainer(tiny_backbone("gpt2", tokenizer, seed=0), tokenizer, train_prompts, gold, config, gold=gold)
+
+    def gold_returns():
+        return torch.stack([r.sum() for r in gold.token_rewards(eval_queries, trainer.sample(eval_queries))])
+
+    before = gold_returns()
+    history = trainer.train()
+    after = gold_returns()
+    standard_error = math.sqrt(before.var() / len(before) + after.var() / len(after))
+    assert after.mean() - before.mean() > 3 * standard_error
+    assert len(history) == 10 and all(math.isfinite(v) for log in history for v in log.values())
+    assert history[-1]["objective/kl"] > 0  # it moved away from the initial policy, and measured it
+
+
+@pytest.fixture(scope="module")
+def ava_dir(synthetic, tokenizer, tmp_path_factory):
+    """A tiny AVA reward model, briefly trained on the synthetic pairs and saved with its tokenizer."""
+    directory = str(tmp_path_factory.mktemp("ava"))
+    args = AVAConfig(output_dir=directory, per_device_train_batch_size=8, learning_rate=1e-2, max_steps=8,
+                     save_strategy="no", report_to="none", disable_tqdm=True, max_length=48, use_cpu=True, seed=0)
+    trainer = AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer, seed=4)), args=args, train_dataset=synthetic[0],
+                         processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(directory)
+    return directory
+
+
+@pytest.mark.parametrize("kappa", [0.0, 1.0])
+def test_ppo_with_dense_ava_rewards_logs_finite_statistics(kappa, ava_dir, synthetic, tokenizer):
+    task = synthetic[2]
+    rewards = RewardModelRewards(ava_dir, tokenizer, reward="dense", kappa=kappa)
+    prompts = list(synthetic[0]["prompt"])
+    trainer = PPOTrainer(tiny_backbone("gpt2", tokenizer, seed=5), tokenizer, prompts, rewards, small_config(),
+                         gold=GoldRewards(task, tokenizer))
+    history = trainer.train()
+    expected = {"objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward", "policy/clipfrac",
+                "policy/approxkl", "policy/loss", "val/loss", "val/clipfrac", "gold/reward"}
+    assert len(history) == 2 and all(expected <= set(log) for log in history)
+    assert all(math.isfinite(v) for log in history for v in log.values())
+    assert history[0]["objective/kl"] == 0  # the first rollout comes from the initial policy itself
+
+
+def test_cli_trains_a_tqr_checkpoint_as_policy_and_saves_it(ava_dir, tmp_path, capsys):
+    out = tmp_path / "ppo"
+    ppo_main(["--policy", ava_dir, "--reward_model", ava_dir, "--reward", "dense", "--kappa", "0.5",
+              "--num_prompts", "32", "--output_dir", str(out), "--learning_rate", "1e-3", "--batch_size", "16",
+              "--mini_batch_size", "8", "--total_episodes", "32", "--max_new_tokens", "6", "--disable_tqdm", "true"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["output_dir"] == str(out) and math.isfinite(result["gold/reward"])
+    assert len((out / "ppo_log.jsonl").read_text().splitlines()) == 2
+    assert "reward_model" in (out / "README.md").read_text()
+    trained = AutoModelForCausalLM.from_pretrained(str(out))
+    initial = AutoModelForCausalLM.from_pretrained(ava_dir)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), initial.parameters()))
+
+
+def test_cli_rejects_what_it_cannot_honour(ava_dir, tokenizer, tmp_path):
+    with pytest.raises(ConfigError, match="sigma"):
+        ppo_main(["--policy", ava_dir, "--reward_model", "gold", "--kappa", "1", "--output_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="output_dir"):
+        ppo_main(["--policy", ava_dir, "--reward_model", "gold"])
+    fresh_q = str(tmp_path / "fresh-q")  # its policy is softmax(beta * Q) from a separate head, not the LM head
+    TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(pretrained_q=False)).save_pretrained(fresh_q)
+    tokenizer.save_pretrained(fresh_q)
+    with pytest.raises(ConfigError, match="fresh Q head"):
+        ppo_main(["--policy", fresh_q, "--reward_model", "gold", "--output_dir", str(tmp_path / "out")])
+
+
+class NaNRewards:
+    def token_rewards(self, prompt_ids, response_ids):
+        return [torch.full((len(r),), float("nan")) for r in response_ids]
+
+
+def test_nan_rewards_stop_training_with_the_step(synthetic, tokenizer):
+    trainer = PPOTrainer(tiny_backbone("gpt2", tokenizer), tokenizer, list(synthetic[0]["prompt"]), NaNRewards(),
+                         small_config())
+    with pytest.raises(TrainingDivergedError, match="step 1"):
+        trainer.train()
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="mini_batch_size"):
+        PPOConfig(batch_size=16, mini_batch_size=5)
+    with pytest.raises(ConfigError, match="temperature"):
+        PPOConfig(temperature=0)
