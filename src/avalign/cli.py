@@ -10,6 +10,11 @@ from .errors import AvalignError
 COMMANDS = {
     "train": ("avalign.commands.train", "train an AVA (or baseline) model"),
     "evaluate": ("avalign.commands.evaluate", "pairwise accuracy of a trained reward model"),
+    "generate": ("avalign.commands.generate", "sample completions from a policy to JSONL"),
+    "bon": ("avalign.commands.bon", "best-of-N sampling with a reward model"),
+    "ppo": ("avalign.commands.ppo", "PPO on a policy with (dense) AVA or baseline rewards"),
+    "compare": ("avalign.commands.compare", "win / tie / lose rates of two sets of completions under a judge"),
+    "experiment": ("avalign.commands.experiment", "run a study from a YAML config (`avalign experiment reward-modeling ...`)"),
     "data": ("avalign.commands.data", "dataset statistics (`avalign data stats ...`)"),
     "tokenizer": ("avalign.commands.tokenizer", "train an offline byte-level BPE tokenizer"),
     "convert": ("avalign.commands.convert", "convert checkpoints (`avalign convert llama2c ...`)"),

@@ -1,0 +1,1 @@
+"""Studies that compare objectives side by side: `avalign experiment <name> --config file.yaml`."""
