@@ -150,3 +150,20 @@ def test_experiment_k_fold_scores_every_pair_once(tmp_path):
     sizes = [results["prep"][unit]["eval_pairs"] + results["prep"][unit]["train_pairs"] for unit in results["prep"]]
     evaluated = sum(results["cells"][f"tldr|tiny|bt|{s}"]["n"] for s in (0, 1))
     assert sizes[0] == sizes[1] == evaluated  # the two folds' evaluation sets cover all pairs once
+
+
+def test_variants_extend_an_objective_and_bad_ones_are_named(tmp_path):
+    from avalign.errors import ConfigError
+    from avalign.experiments.reward_modeling import StudyConfig
+
+    path = study_config(tmp_path, [{"name": "synthetic"}])
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"] = {"ava-p-lam": {"objective": "ava-p-no-cer", "lam": 0.1}}
+    raw["objectives"] = ["bt", "ava-p-lam"]
+    path.write_text(yaml.safe_dump(raw))
+    config = StudyConfig.from_yaml(str(path))
+    assert config.method("ava-p-lam") == ("ava-p", {"use_cer": False, "lam": 0.1}, "pairs")
+    raw["variants"] = {"x": {"objective": "ppo"}}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="variant 'x'"):
+        StudyConfig.from_yaml(str(path))

@@ -150,7 +150,9 @@ class StudyConfig:
 
 
 def _unit_key(config: StudyConfig, spec: DatasetSpec, backbone: BackboneSpec, seed: int) -> str:
-    payload = json.dumps([asdict(spec), asdict(backbone), seed, config.training.max_length, config.afd], sort_keys=True)
+    # What the prepared data depends on; not the objective list (AfD samples are added when first needed).
+    data = {k: v for k, v in asdict(spec).items() if k != "objectives"}
+    payload = json.dumps([data, asdict(backbone), seed, config.training.max_length, config.afd], sort_keys=True)
     return f"{spec.name}-{backbone.name}-seed{seed}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
@@ -290,6 +292,8 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
     set_seed(seed)  # fresh heads start from the seed's state, whatever this worker ran before
     unit = Path(directory)
     prep = json.loads((unit / "prep.json").read_text())
+    # a backbone prepared for this unit lives in it (so a cache can be moved); otherwise a hub id or path
+    backbone_path = str(unit / "backbone") if (unit / "backbone").exists() else prep["backbone_path"]
     tokenizer = AutoTokenizer.from_pretrained(str(unit / "tokenizer"))
     trainer_objective, switches, data = config.method(objective)
     train = load_from_disk(str(unit / ("train_afd" if data == "afd" else "train_pairs")))
@@ -300,12 +304,12 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
     args = training_args(settings, trainer_objective, seed, work_dir, **switches)
     start = time.perf_counter()
     if trainer_objective == "bt":
-        trainer = bradley_terry_trainer(prep["backbone_path"], tokenizer, as_bt_features(train), None, trl_config(args))
+        trainer = bradley_terry_trainer(backbone_path, tokenizer, as_bt_features(train), None, trl_config(args))
         trainer.train()
         scorer = BTRewardModel(trainer.model, tokenizer, max_length=settings.max_length,
                                batch_size=settings.eval_batch_size)
     else:
-        model = TQRModel.from_pretrained(prep["backbone_path"], args.tqr_config())
+        model = TQRModel.from_pretrained(backbone_path, args.tqr_config())
         trainer = AVATrainer(model, args=args, train_dataset=train, processing_class=tokenizer)
         trainer.train()
         scorer = AVARewardModel(trainer.model, tokenizer, max_length=settings.max_length,
@@ -399,7 +403,9 @@ def run_study(config: StudyConfig, progress: bool = True, command: str | None = 
         jobs = {}
         for spec, backbone, seed in units:
             directory = out / "cache" / _unit_key(config, spec, backbone, seed)
-            if not (directory / "prep.json").exists() and any(c[0] is spec and c[1] is backbone and c[3] == seed for c in cells):
+            unit_cells = [c for c in cells if c[0] is spec and c[1] is backbone and c[3] == seed]
+            lacks_afd = any(config.method(c[2])[2] == "afd" for c in unit_cells) and not (directory / "train_afd").exists()
+            if unit_cells and (lacks_afd or not (directory / "prep.json").exists()):
                 directory.mkdir(parents=True, exist_ok=True)
                 jobs[directory.name] = (prepare_unit, str(directory / "log.txt"), config, spec, backbone, seed,
                                         str(directory))
