@@ -37,9 +37,14 @@ class AVAConfig(TrainingArguments):
     beta: float = field(default=1.0, metadata={"help": "beta, weight of the Q (policy) term (Eqs. 13, 17)."})
     gamma: float = field(default=1.0, metadata={"help": "gamma, discount in the TD error (Eq. 14)."})
     lam: float = field(default=1.0, metadata={"help": "lambda, weight of the TD log-likelihood term (Eqs. 13, 17)."})
-    cer_coef: float = field(default=1.0, metadata={"help": "Weight of the CER auxiliary term (Eq. 18), AVA-p only."})
+    cer_coef: float = field(
+        default=5.0,
+        metadata={"help": "Weight of the CER auxiliary term (Eq. 18), AVA-p only. Default 5 with the log form: "
+                  "with the printed form and weight 1, the TD likelihood outweighs it and the reward head stops "
+                  "ranking (docs/results/reward-modeling.md)."},
+    )
     cer_form: str = field(
-        default="sigmoid",
+        default="logsigmoid",
         metadata={"help": "CER as printed in the paper (sigmoid of the reward margin) or its log (logsigmoid).",
                   "choices": list(CER_FORMS)},
     )
