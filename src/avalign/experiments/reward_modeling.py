@@ -111,6 +111,9 @@ class StudyConfig:
     workers: int = 1  # parallel processes; 0 runs everything in this process
     # named extra objectives for sweeps: {name: {objective: ava-p, <AVAConfig option>: value, ...}}
     variants: dict = field(default_factory=dict)
+    # AVAConfig options for every objective (e.g. to pin the settings a published table was run with); an
+    # objective's own switches and a variant's options take precedence
+    ava_options: dict = field(default_factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str, **overrides: Any) -> "StudyConfig":
@@ -139,11 +142,9 @@ class StudyConfig:
 
     def method(self, name: str) -> tuple[str, dict, str]:
         """(trainer objective, AVAConfig options, training data) of an objective id or a variant."""
-        if name in self.variants:
-            options = dict(self.variants[name])
-            base_objective, base_options, data = OBJECTIVES[options.pop("objective")]
-            return base_objective, {**base_options, **options}, data
-        return OBJECTIVES[name]
+        options = dict(self.variants.get(name, {"objective": name}))
+        base_objective, base_options, data = OBJECTIVES[options.pop("objective")]
+        return base_objective, {**self.ava_options, **base_options, **options}, data
 
 
 # -- preparation (one per dataset x backbone x seed) -------------------------------------------------------------
