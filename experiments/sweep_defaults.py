@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from avalign import AVAConfig, AVARewardModel, AVATrainer, TQRModel
 from avalign.backbones import build_backbone
 from avalign.data.synthetic import synthetic_datasets
-from avalign.trainers.baselines import bradley_terry_trainer, bt_config, bt_pairwise_accuracy
+from avalign.reward_model import BTRewardModel
+from avalign.trainers.baselines import bradley_terry_trainer, bt_config
 
 BASE = dict(alpha=1.0, beta=1.0, gamma=1.0, lam=1.0, cer_form="sigmoid", log_std_min=-5.0, log_std_max=2.0)
 VARIATIONS = [
@@ -97,10 +98,11 @@ def main(argv: list[str]) -> int:
                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                seed=seed).save_pretrained(backbone_dir)
             if objective == "bt":
-                trainer = bradley_terry_trainer(str(backbone_dir), tokenizer, train, eval_set,
+                trainer = bradley_terry_trainer(str(backbone_dir), tokenizer, train, None,
                                                 bt_config(output_dir=f"{tmp}/bt", seed=seed, max_length=args.max_length, **common))
                 trainer.train()
-                cell = {"accuracy_last": bt_pairwise_accuracy(trainer)}
+                scorer = BTRewardModel(trainer.model, tokenizer, max_length=args.max_length)
+                cell = {"accuracy_last": scorer.evaluate_pairs(eval_set)["accuracy_last"]}
             else:
                 config = AVAConfig(output_dir=f"{tmp}/ava", seed=seed, max_length=args.max_length, objective=objective,
                                    **common, **{**BASE, **variation})

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .data.formats import RESPONSE_FIELDS, Record, check_text
 from .data.loading import load_dataset, read_file
-from .data.synthetic import SyntheticTask, synthetic_datasets
+from .data.synthetic import SYNTHETIC, SyntheticTask, synthetic_datasets
 from .data.tokenize import ensure_pad_token, prompt_ids
 from .errors import ConfigError, DataError
 from .modeling import TQRModel
@@ -85,8 +85,6 @@ def load_policy(path: str, *, beta: float = 1.0, device: str | torch.device | No
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return policy.to(device).eval(), ensure_pad_token(tokenizer)
 
-
-SYNTHETIC = "synthetic"
 
 
 def load_prompts(

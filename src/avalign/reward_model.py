@@ -19,7 +19,7 @@ from .data.tokenize import ensure_pad_token, tokenize_dataset
 from .evaluation.pairwise import bootstrap_interval, pairwise_correct
 from .losses import sequence_rewards
 from .errors import ConfigError
-from .modeling import TQR_CONFIG_NAME, TQRModel
+from .modeling import TQR_CONFIG_NAME, TQRModel, TQROutput
 
 
 @dataclass
@@ -90,10 +90,15 @@ class AVARewardModel(_PairEvaluation):
             source="scored rows",
         )
         for features in _batches(tokenized, self.batch_size, progress):
-            batch = self.collator(features)
-            batch.pop("is_preference")
-            out = self.model(**{k: v.to(self.device) for k, v in batch.items()}, with_q=False)
+            out = self.forward_features(features)
             yield features, out, sequence_rewards(out.reward_mean, out.reward_weights, out.mask)
+
+    @torch.no_grad()
+    def forward_features(self, features: list[dict]) -> TQROutput:
+        """The TQR heads (no Q) on tokenised rows (``prompt_ids`` and ``completion_ids``, or chosen/rejected ids)."""
+        batch = self.collator(features)
+        batch.pop("is_preference")
+        return self.model(**{k: v.to(self.device) for k, v in batch.items()}, with_q=False)
 
     def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
         """One ResponseRewards per (prompt, response); prompts/responses are strings or conversational messages."""
@@ -160,11 +165,16 @@ class BTRewardModel(_PairEvaluation):
         keys = ("chosen", "rejected") if "rejected_ids" in tokenized.column_names else ("completion",)
         scores: list[float] = []
         for features in _batches(tokenized, self.batch_size, progress):
-            batch = collate_sequences(features, keys, self.tokenizer.pad_token_id)
-            logits = self.model(input_ids=batch["input_ids"].to(self.device),
-                                attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0]
+            logits = self.forward_features(features, keys)
             scores += logits.reshape(len(keys), -1).T.reshape(-1).tolist()  # row-major: each row's responses together
         return scores
+
+    @torch.no_grad()
+    def forward_features(self, features: list[dict], keys: tuple[str, ...] = ("completion",)) -> torch.Tensor:
+        """One score per sequence for tokenised rows: a block of rows per response key, in ``keys`` order."""
+        batch = collate_sequences(features, keys, self.tokenizer.pad_token_id)
+        return self.model(input_ids=batch["input_ids"].to(self.device),
+                          attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0].float()
 
     def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
         rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})

@@ -8,10 +8,9 @@ from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..backbones import build_backbone
-from ..data.synthetic import SyntheticTask, synthetic_datasets
+from ..data.synthetic import SYNTHETIC, SyntheticTask, synthetic_datasets
 from ..modeling import TQRModel
 
-SYNTHETIC = "synthetic"
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..data.synthetic import SYNTHETIC
 from ..errors import ConfigError, DataError
 
 
@@ -18,7 +19,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", required=True,
                         help="A directory written by `avalign train` (any objective that trains a reward model).")
-    parser.add_argument("--dataset_name", default="synthetic", help="Hub id, local file, or 'synthetic'.")
+    parser.add_argument("--dataset_name", default=SYNTHETIC, help="Hub id, local file, or 'synthetic'.")
     parser.add_argument("--format", default="pairs", choices=["pairs", "rewardbench"],
                         help="pairs: any dataset avalign loads; rewardbench: a local file with a subset column.")
     parser.add_argument("--scoring", default=None, choices=["last", "sum"],
@@ -40,7 +41,7 @@ def _pairs(args: argparse.Namespace):
 
     from ..data.synthetic import synthetic_datasets
 
-    if args.dataset_name == "synthetic":
+    if args.dataset_name == SYNTHETIC:
         return synthetic_datasets("preference", 0, args.synthetic_eval_size)[1]
     from ..data import load_dataset
 

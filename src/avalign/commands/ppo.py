@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 from trl import TrlParser
 
+from ..data.synthetic import SYNTHETIC
 from ..errors import ConfigError
 from ..rl.ppo import PPOConfig
 from ..rl.rewards import REWARDS
 
-SYNTHETIC, GOLD = "synthetic", "gold"
+GOLD = "gold"
 
 
 @dataclass

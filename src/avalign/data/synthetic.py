@@ -24,6 +24,9 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
+SYNTHETIC = "synthetic"  # the name that selects this task wherever a dataset or prompt source is named
+
+
 @dataclass(frozen=True)
 class SyntheticTaskConfig:
     num_words: int = 48

@@ -15,7 +15,6 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl.data_utils import maybe_apply_chat_template
 
-from ..data.collator import collate_sequences
 from ..data.synthetic import SyntheticTask
 from ..data.tokenize import ensure_pad_token, prompt_ids as tokenize_prompt
 from ..errors import ConfigError, DataError
@@ -64,24 +63,18 @@ def reward_model_token_rewards(
 
     An AVA model gives ``pessimistic_rewards`` per token; a Bradley-Terry model one score at the last token. Rows
     are scored whole (the reward model's ``max_length`` is not applied), in its batches."""
-    is_ava = isinstance(reward_model, AVARewardModel)
-    eos, pad = reward_model.tokenizer.eos_token_id, reward_model.tokenizer.pad_token_id
+    eos = reward_model.tokenizer.eos_token_id
     rows = []
     for start in range(0, len(prompt_ids), reward_model.batch_size):
         features = [{"prompt_ids": p, "completion_ids": _with_eos(r, eos)}
                     for p, r in zip(prompt_ids[start:start + reward_model.batch_size],
                                     response_ids[start:start + reward_model.batch_size])]
-        if is_ava:
-            batch = reward_model.collator(features)
-            batch.pop("is_preference")
-            out = reward_model.model(**{k: v.to(reward_model.device) for k, v in batch.items()}, with_q=False)
+        if isinstance(reward_model, AVARewardModel):
+            out = reward_model.forward_features(features)
             per_token = pessimistic_rewards(out.reward_mean, out.reward_log_std.exp(), out.reward_weights, kappa)
             rows += [values[valid].cpu() for values, valid in zip(per_token, out.mask)]
         else:
-            batch = collate_sequences(features, ("completion",), pad)
-            scores = reward_model.model(input_ids=batch["input_ids"].to(reward_model.device),
-                                        attention_mask=batch["attention_mask"].to(reward_model.device)).logits[:, 0]
-            for score, feature in zip(scores.float().cpu(), features):
+            for score, feature in zip(reward_model.forward_features(features).cpu(), features):
                 row = torch.zeros(len(feature["completion_ids"]))
                 row[-1] = score
                 rows.append(row)

@@ -19,7 +19,6 @@ from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, S
 
 from ..data.tokenize import ensure_pad_token, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError
-from ..evaluation.pairwise import pairwise_accuracy
 from .ava_config import AVAConfig, TRL_OBJECTIVES
 
 
@@ -99,16 +98,3 @@ def trl_trainer(
         rows.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion"))
     return SFTTrainer(model=model, args=config, train_dataset=as_sft(train), eval_dataset=as_sft(eval_dataset),
                       processing_class=tokenizer)
-
-
-@torch.no_grad()
-def bt_pairwise_accuracy(trainer: RewardTrainer) -> float:
-    """Pairwise accuracy (ties wrong) over every pair of the trainer's eval set, tokenised by TRL."""
-    model = trainer.model.eval()
-    chosen, rejected = [], []
-    for batch in trainer.get_eval_dataloader():
-        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
-        c, r = torch.chunk(rewards, 2)
-        chosen += c.tolist()
-        rejected += r.tolist()
-    return pairwise_accuracy(chosen, rejected)
