@@ -45,6 +45,8 @@ from .reward_modeling import (
     sample_afd_pairs,
     set_worker_threads,
     training_args,
+    unit_path,
+    unit_relative,
 )
 
 # system -> (trainer objective, training rows, start): trained in round 1, from the SFT policy or the pretrained LM
@@ -283,7 +285,7 @@ def prepare_unit(config: PolicyStudyConfig, spec: PolicyDatasetSpec, seed: int, 
     train.save_to_disk(str(out / "train_pairs"))
     afd.save_to_disk(str(out / "train_afd"))
     evaluation.save_to_disk(str(out / "eval_pairs"))
-    report.update(base_path=base_path, sft_path=str(out / "sft"), seconds=round(time.perf_counter() - began, 1))
+    report.update(base_path=unit_relative(base_path, out), sft_path="sft", seconds=round(time.perf_counter() - began, 1))
     (out / "prep.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -387,7 +389,7 @@ def _sample_sft(config, spec, system: str, seed, unit: Path, work_dir: Path, pre
     from ..generation import load_policy
 
     n = max(config.bon_n)
-    policy, tokenizer = load_policy(prep["sft_path"])
+    policy, tokenizer = load_policy(unit_path(unit, prep["sft_path"]))
     candidates = judged_samples(config, spec, policy, tokenizer, seed, unit, unit / "candidates.jsonl", n)
     return {"judge_scores": judged_samples(config, spec, policy, tokenizer, seed, unit, work_dir / "samples.jsonl"),
             "candidate_scores": [candidates[i:i + n] for i in range(0, len(candidates), n)]}
@@ -408,7 +410,7 @@ def _train(config, spec, system: str, seed, unit: Path, work_dir: Path, prep: di
     train = load_from_disk(str(unit / f"train_{data}"))
     settings = config.training if start == "sft" else config.sft_settings
     args = training_args(settings, objective, seed, str(work_dir), **config.system_options.get(system, {}))
-    start_path = prep["sft_path" if start == "sft" else "base_path"]
+    start_path = unit_path(unit, prep["sft_path" if start == "sft" else "base_path"])
     began = time.perf_counter()
     if objective in AVA_OBJECTIVES:
         trainer = AVATrainer(start_path, args=args, train_dataset=train, processing_class=tokenizer)
@@ -459,7 +461,7 @@ def _ppo(config, spec, system: str, seed, unit: Path, work_dir: Path, prep: dict
 
     reward_model, reward, kappa = PPO[system]
     tokenizer = AutoTokenizer.from_pretrained(str(unit / "tokenizer"))
-    policy = AutoModelForCausalLM.from_pretrained(prep["sft_path"])
+    policy = AutoModelForCausalLM.from_pretrained(unit_path(unit, prep["sft_path"]))
     prompts = list(dict.fromkeys(load_from_disk(str(unit / "train_pairs"))["prompt"]))
     rewards = RewardModelRewards(str(unit / "models" / reward_model), tokenizer, reward=reward, kappa=kappa,
                                  device=_device())

@@ -221,6 +221,21 @@ def sample_afd_pairs(policy_path: str, tokenizer, train, afd: dict, max_length: 
     return pairs
 
 
+def unit_relative(path: str, unit: Path) -> str:
+    """How prep.json records a path: relative to the unit when it lies inside it (so a cache can be moved or
+    copied), else as given (a hub id or an outside path)."""
+    try:
+        return str(Path(path).relative_to(unit))
+    except ValueError:
+        return path
+
+
+def unit_path(unit: Path, recorded: str) -> str:
+    """The inverse of ``unit_relative``."""
+    inside = unit / recorded
+    return str(inside) if inside.exists() else recorded
+
+
 def prepare_unit(config: StudyConfig, spec: DatasetSpec, backbone: BackboneSpec, seed: int, directory: str) -> dict:
     """Write everything the unit's cells share to ``directory``; returns the preparation report."""
     from ..data.tokenize import tokenize_dataset
@@ -242,7 +257,7 @@ def prepare_unit(config: StudyConfig, spec: DatasetSpec, backbone: BackboneSpec,
         tokenized.save_to_disk(str(out / f"train_{name}"))
         report[f"tokenize_{name}"] = tokenize_report.summary()
     evaluation.save_to_disk(str(out / "eval"))
-    report["backbone_path"] = backbone_path
+    report["backbone_path"] = unit_relative(backbone_path, out)
     (out / "prep.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -293,8 +308,7 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
     set_seed(seed)  # fresh heads start from the seed's state, whatever this worker ran before
     unit = Path(directory)
     prep = json.loads((unit / "prep.json").read_text())
-    # a backbone prepared for this unit lives in it (so a cache can be moved); otherwise a hub id or path
-    backbone_path = str(unit / "backbone") if (unit / "backbone").exists() else prep["backbone_path"]
+    backbone_path = unit_path(unit, prep["backbone_path"])
     tokenizer = AutoTokenizer.from_pretrained(str(unit / "tokenizer"))
     trainer_objective, switches, data = config.method(objective)
     train = load_from_disk(str(unit / ("train_afd" if data == "afd" else "train_pairs")))
