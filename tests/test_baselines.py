@@ -79,3 +79,19 @@ def test_load_reward_model_picks_the_class(tmp_path, capsys):
                      "--disable_tqdm", "true", "--use_cpu", "true"]) == 0
     assert isinstance(load_reward_model(str(tmp_path / "bt")), BTRewardModel)
     assert isinstance(load_reward_model(str(tmp_path / "ava-p")), AVARewardModel)
+
+
+def test_pairs_given_as_token_ids_score_as_the_same_pairs_given_as_text(tmp_path, synthetic, tokenizer):
+    """Callers that tokenised once (the reward-modeling study) get the scores the text path gives."""
+    from conftest import tiny_backbone
+    from avalign.data.tokenize import tokenize_dataset
+    from avalign.modeling import TQRModel
+
+    tiny_backbone("gpt2", tokenizer).save_pretrained(tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=1)
+    pairs = synthetic[1].select(range(12)).select_columns(["prompt", "chosen", "rejected"])
+    for scorer in (BTRewardModel(model, tokenizer, max_length=12, batch_size=5),
+                   AVARewardModel(TQRModel(tiny_backbone("gpt2", tokenizer)), tokenizer, max_length=12, batch_size=5)):
+        ids, report = tokenize_dataset(pairs, tokenizer, max_length=12)
+        assert report.prompt_truncated + report.response_truncated > 0  # truncation is exercised
+        assert scorer.pair_scores(ids) == scorer.pair_scores(pairs)

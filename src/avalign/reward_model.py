@@ -50,7 +50,22 @@ def _batches(tokenized: Dataset, batch_size: int, progress: bool):
 
 
 class _PairEvaluation:
+    is_encoder_decoder = False
+
+    def _tokenized(self, rows: Dataset) -> Dataset:
+        """Rows as token ids: tokenised and truncated as in training, unless the caller already did (prompt_ids)."""
+        if "prompt_ids" in rows.column_names:
+            return rows
+        return tokenize_dataset(rows, self.tokenizer, max_length=self.max_length,
+                                is_encoder_decoder=self.is_encoder_decoder, source="scored rows")[0]
+
+    @staticmethod
+    def _pairs(dataset: Dataset) -> Dataset:
+        ids = ["prompt_ids", "chosen_ids", "rejected_ids"]
+        return dataset.select_columns(ids if "prompt_ids" in dataset.column_names else ["prompt", "chosen", "rejected"])
+
     def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
+        """({scoring: chosen scores}, {scoring: rejected scores}) over pairs given as text or as token ids."""
         raise NotImplementedError
 
     def evaluate_pairs(self, dataset: Dataset, progress: bool = False) -> dict:
@@ -70,7 +85,7 @@ class AVARewardModel(_PairEvaluation):
     ):
         self.model = model.eval()
         self.tokenizer = ensure_pad_token(tokenizer)
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size, self.is_encoder_decoder = max_length, batch_size, model.is_encoder_decoder
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self.collator = TQRCollator(
@@ -85,11 +100,7 @@ class AVARewardModel(_PairEvaluation):
     def _forward(self, rows: Dataset, progress: bool):
         """Yield (tokenised features, TQROutput, sequence scores) per batch; pairs are truncated jointly, exactly as
         in training, and come back as 2B rows (chosen first)."""
-        tokenized, _ = tokenize_dataset(
-            rows, self.tokenizer, max_length=self.max_length, is_encoder_decoder=self.model.is_encoder_decoder,
-            source="scored rows",
-        )
-        for features in _batches(tokenized, self.batch_size, progress):
+        for features in _batches(self._tokenized(rows), self.batch_size, progress):
             out = self.forward_features(features)
             yield features, out, sequence_rewards(out.reward_mean, out.reward_weights, out.mask)
 
@@ -123,7 +134,7 @@ class AVARewardModel(_PairEvaluation):
         """({scoring: chosen scores}, {scoring: rejected scores}) over prompt/chosen/rejected rows."""
         chosen: dict[str, list[float]] = {"last": [], "sum": []}
         rejected: dict[str, list[float]] = {"last": [], "sum": []}
-        for features, _, scores in self._forward(dataset.select_columns(["prompt", "chosen", "rejected"]), progress):
+        for features, _, scores in self._forward(self._pairs(dataset), progress):
             half = len(features)
             for scoring in ("last", "sum"):
                 chosen[scoring] += scores[scoring][:half].tolist()
@@ -161,7 +172,7 @@ class BTRewardModel(_PairEvaluation):
 
     @torch.no_grad()
     def _scores(self, rows: Dataset, progress: bool) -> list[float]:
-        tokenized, _ = tokenize_dataset(rows, self.tokenizer, max_length=self.max_length, source="scored rows")
+        tokenized = self._tokenized(rows)
         keys = ("chosen", "rejected") if "rejected_ids" in tokenized.column_names else ("completion",)
         scores: list[float] = []
         for features in _batches(tokenized, self.batch_size, progress):
@@ -181,7 +192,7 @@ class BTRewardModel(_PairEvaluation):
         return {"last": self._scores(rows, progress)}
 
     def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
-        scores = self._scores(dataset.select_columns(["prompt", "chosen", "rejected"]), progress)
+        scores = self._scores(self._pairs(dataset), progress)
         return {"last": scores[0::2]}, {"last": scores[1::2]}
 
 

@@ -257,6 +257,8 @@ def prepare_unit(config: StudyConfig, spec: DatasetSpec, backbone: BackboneSpec,
         tokenized.save_to_disk(str(out / f"train_{name}"))
         report[f"tokenize_{name}"] = tokenize_report.summary()
     evaluation.save_to_disk(str(out / "eval"))
+    # tokenised once here, so that no cell tokenises the evaluation pairs again
+    tokenize_dataset(evaluation, tokenizer, max_length=max_length, source="eval")[0].save_to_disk(str(out / "eval_ids"))
     report["backbone_path"] = unit_relative(backbone_path, out)
     (out / "prep.json").write_text(json.dumps(report, indent=1))
     return report
@@ -314,7 +316,7 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
     train = load_from_disk(str(unit / ("train_afd" if data == "afd" else "train_pairs")))
     if data == "chosen":
         train = train.remove_columns(["rejected_ids"]).rename_column("chosen_ids", "completion_ids")
-    evaluation = load_from_disk(str(unit / "eval"))
+    evaluation = load_from_disk(str(unit / "eval_ids"))
     settings = config.training
     args = training_args(settings, trainer_objective, seed, work_dir, **switches)
     start = time.perf_counter()
