@@ -7,6 +7,8 @@ checkpointing, no evaluation, no saving):
 
 * ``ava-p``            avalign.AVATrainer(objective="ava-p") on the pairs (TQRModel);
 * ``ava-d``            avalign.AVATrainer(objective="ava-d") on the pairs' chosen responses (TQRModel);
+* ``ava-p-packed``     ava-p with padding_free=True: the batch's sequences in one row, no padding, attention
+                       kept per sequence by the preset's ``packed_attention`` implementation;
 * ``dpo-live``         trl.DPOTrainer with a live reference model (one more no-grad forward per step);
 * ``dpo-precomputed``  trl.DPOTrainer(precompute_ref_log_probs=True): reference log-probs computed at init;
 * ``bt``               trl.RewardTrainer (Bradley-Terry) on AutoModelForSequenceClassification(num_labels=1);
@@ -93,6 +95,9 @@ class Preset:
     # machine, a second process makes 2-thread OpenMP regions wait for a descheduled thread at every op, which
     # inflated a 0.44 s step to 5.5 s on 2 cores and made step times count ops rather than work.
     threads: int | None = None
+    # Attention implementation of ava-p-packed: with sdpa a packed row attends over all of its tokens (masked),
+    # flex_attention skips the blocks between sequences.
+    packed_attention: str = "sdpa"
     # Exact config values where build_backbone's fixed ratios (intermediate = 2 x hidden, KV heads = heads / 2)
     # do not give the wanted shape.
     config_overrides: dict = field(default_factory=dict)
@@ -109,6 +114,7 @@ PRESETS = {
         arch="qwen2", vocab_size=151_936, hidden_size=896, num_layers=24, num_heads=14,
         prompt_words=(128, 256), response_words=(512, 766), max_length=1024,
         warmup_steps=3, measured_steps=10, bf16=True, device="cuda", scoring_sequences=256, scoring_batch_size=32,
+        packed_attention="flex_attention",
         config_overrides=dict(intermediate_size=4864, num_key_value_heads=2, max_position_embeddings=32_768,
                               rope_parameters={"rope_theta": 1_000_000.0, "rope_type": "default"}),
     ),
@@ -253,11 +259,12 @@ def training_args(preset: Preset, output_dir: str, batch_size: int) -> dict:
     )
 
 
-def _ava(objective):
+def _ava(objective, padding_free=False):
     def build(model_dir, tokenizer, pairs, preset, output_dir):
-        args = AVAConfig(objective=objective, max_length=preset.max_length,
+        args = AVAConfig(objective=objective, max_length=preset.max_length, padding_free=padding_free,
                          **training_args(preset, output_dir, preset.batch_pairs))
-        model = TQRModel.from_pretrained(model_dir, args.tqr_config())
+        attention = {"attn_implementation": preset.packed_attention} if padding_free else {}
+        model = TQRModel.from_pretrained(model_dir, args.tqr_config(), **attention)
         # ava-d: AVATrainer keeps the chosen responses of preference rows as its demonstrations.
         return AVATrainer(model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
     return build
@@ -287,6 +294,7 @@ def _sft(model_dir, tokenizer, pairs, preset, output_dir):
 METHODS = {
     "ava-p": _ava("ava-p"),
     "ava-d": _ava("ava-d"),
+    "ava-p-packed": _ava("ava-p", padding_free=True),
     "dpo-live": _dpo(False),
     "dpo-precomputed": _dpo(True),
     "bt": _bt,

@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/train_step.py: presets build, and two methods measure in-process on a tiny model."""
+"""Smoke tests of benchmarks/train_step.py: presets build, and three methods measure in-process on a tiny model."""
 
 import importlib.util
 import json
@@ -36,6 +36,7 @@ def test_presets_fit_max_length(bench, name):
     assert sum(preset.prompt_words[1:]) + preset.response_words[1] + 1 < preset.max_length
 
 
+@pytest.mark.filterwarnings("ignore:padding_free with attn_implementation")
 def test_measure_and_render_on_tiny_model(bench, tmp_path):
     preset = bench.PRESETS["smoke"]
     tokenizer = bench.word_tokenizer(preset.vocab_size)
@@ -43,11 +44,13 @@ def test_measure_and_render_on_tiny_model(bench, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     tokens = bench.pair_token_counts(bench.make_pairs(preset, tokenizer, preset.batch_pairs), tokenizer)
 
-    results = {method: bench.measure(method, preset, str(tmp_path)) for method in ("ava-p", "sft")}
+    results = {method: bench.measure(method, preset, str(tmp_path)) for method in ("ava-p", "ava-p-packed", "sft")}
     for result in results.values():
         assert len(result["step_times_s"]) == preset.warmup_steps + preset.measured_steps
         assert result["step_s"] > 0 and result["peak_abs_bytes"] > 0
-        assert result["tokens_per_step"] == tokens["pair_tokens"]  # both train on exactly the pairs' tokens
+        assert result["tokens_per_step"] == tokens["pair_tokens"]  # all train on exactly the pairs' tokens
+    packed = results["ava-p-packed"]
+    assert packed["padded_tokens_per_step"] == packed["tokens_per_step"] < results["ava-p"]["padded_tokens_per_step"]
 
     report = {
         "preset": "smoke", "date": "today", "command": "python benchmarks/train_step.py", "tokens": tokens,

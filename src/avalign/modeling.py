@@ -21,8 +21,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
+from .data.collator import unpack_index
 from .errors import ConfigError
-from .ops import pretrained_q_values
+from .ops import Q_KERNELS, pretrained_q_values
 
 TQR_CONFIG_NAME = "tqr_config.json"
 TQR_HEADS_NAME = "tqr_heads.safetensors"
@@ -47,12 +48,18 @@ class TQRConfig:
     q_chunk_size: int | None = field(
         default=None, metadata={"help": "Rows per chunk in the vocabulary-sized Q computation (None: the op's default)."}
     )
+    q_kernel: str = field(
+        default="auto",
+        metadata={"help": "Q computation: torch, triton (fused kernels) or auto (triton on CUDA when installed)."},
+    )
 
     def __post_init__(self) -> None:
         if not self.log_std_min < self.log_std_max:
             raise ConfigError(f"log_std_min ({self.log_std_min}) must be below log_std_max ({self.log_std_max})")
         if self.alpha <= 0:
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
+        if self.q_kernel not in Q_KERNELS:
+            raise ConfigError(f"unknown q_kernel '{self.q_kernel}'; expected one of {list(Q_KERNELS)}")
 
 
 @dataclass
@@ -101,6 +108,30 @@ def _lm_head_projection(backbone: PreTrainedModel) -> tuple[torch.Tensor, torch.
     if getattr(config, "scale_decoder_outputs", False):  # T5 with tied embeddings rescales the decoder output
         scale *= config.d_model**-0.5
     return head.weight, bias, scale
+
+
+def supports_padding_free(backbone: PreTrainedModel) -> bool:
+    """Whether a causal LM keeps sequences packed in one row apart given only their position ids: two short
+    sequences, packed and alone, must give the same hidden states. Architectures that ignore position ids
+    for masking would silently attend across sequences, so this is checked, not assumed."""
+    if backbone.config.is_encoder_decoder:
+        return False
+    lengths = (5, 3)
+    tokens = torch.arange(sum(lengths), device=backbone.device) % backbone.config.get_text_config().vocab_size
+    positions = torch.cat([torch.arange(n, device=backbone.device) for n in lengths])
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            packed = backbone.base_model(input_ids=tokens[None], position_ids=positions[None], use_cache=False)
+            alone = [backbone.base_model(input_ids=part[None], use_cache=False) for part in tokens.split(lengths)]
+    except TypeError:  # a forward without position_ids (or use_cache) cannot be packed
+        return False
+    finally:
+        backbone.train(was_training)
+    expected = torch.cat([out.last_hidden_state[0] for out in alone]).float()
+    error = (packed.last_hidden_state[0].float() - expected).abs().max() / expected.abs().max().clamp(min=1e-6)
+    return bool(error < 1e-2)  # a leak across sequences changes the second one by O(1); bf16 rounding is ~1e-3
 
 
 class TQRModel(nn.Module):
@@ -186,6 +217,14 @@ class TQRModel(nn.Module):
             ).last_hidden_state
         return self.backbone.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    def _packed_hidden_states(self, input_ids, position_ids, completion_mask):
+        """Backbone over a packed row, then (hidden, tokens, token mask, completion mask) unpacked to [S, L_max]."""
+        if self.is_encoder_decoder:
+            raise ConfigError("padding-free batches need a causal LM; encoder-decoders take padded batches")
+        hidden = self.backbone.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        index, valid = unpack_index(position_ids)
+        return hidden[0, index], input_ids[0, index], valid.long(), completion_mask[0, index] * valid
+
     def q_projection(self) -> tuple[torch.Tensor, torch.Tensor | None, float]:
         if self.q_head is not None:
             return self.q_head.weight, self.q_head.bias, 1.0
@@ -194,20 +233,29 @@ class TQRModel(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        completion_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        completion_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         with_q: bool = True,
     ) -> TQROutput:
         """``completion_mask`` marks response tokens of the action sequence (``decoder_input_ids`` for
         encoder-decoders, else ``input_ids``); only transitions whose action is a response token are valid.
+        ``position_ids`` without ``attention_mask``: a padding-free [1, total] row of sequences packed end to end
+        (``data.collator.collate_packed``); the backbone runs on the packed row and the outputs come back
+        [sequences, max length - 1] as for the padded batch.
         ``with_q=False`` skips the vocabulary-sized Q computation (reward scoring needs none; q_values are 0)."""
-        tokens = decoder_input_ids if self.is_encoder_decoder else input_ids
-        token_mask = decoder_attention_mask if self.is_encoder_decoder else attention_mask
-        if token_mask is None:
-            token_mask = torch.ones_like(tokens)
-        hidden = self.sequence_hidden_states(input_ids, attention_mask, decoder_input_ids, token_mask)
+        if completion_mask is None:
+            raise ConfigError("TQRModel.forward needs completion_mask (1 on response tokens)")
+        if position_ids is not None and attention_mask is None:
+            hidden, tokens, token_mask, completion_mask = self._packed_hidden_states(input_ids, position_ids, completion_mask)
+        else:
+            tokens = decoder_input_ids if self.is_encoder_decoder else input_ids
+            token_mask = decoder_attention_mask if self.is_encoder_decoder else attention_mask
+            if token_mask is None:
+                token_mask = torch.ones_like(tokens)
+            hidden = self.sequence_hidden_states(input_ids, attention_mask, decoder_input_ids, token_mask)
         mask = (completion_mask[:, 1:] * token_mask[:, 1:]).bool()
         state_hidden, next_hidden = hidden[:, :-1], hidden[:, 1:]
 
@@ -221,6 +269,7 @@ class TQRModel(nn.Module):
                 tokens[:, 1:][mask],
                 self.tqr_config.alpha,
                 chunk_size=self.tqr_config.q_chunk_size,
+                kernel=self.tqr_config.q_kernel,
             )
             q_values = q_values.to(q_flat.dtype).masked_scatter(mask, q_flat)
 

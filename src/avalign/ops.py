@@ -11,12 +11,24 @@ V = 150k every copy is 4.9 GB. ``pretrained_q_values`` instead walks over row ch
 autograd function that saves only its inputs and recomputes each chunk's logits in the backward
 pass, so at most one chunk's [chunk, V] buffers are alive at any time and the gradients are exact.
 
-A fused Triton kernel (LM-head matmul + both softmaxes in one pass over the vocabulary, in the style
-of fused linear cross-entropy) would also remove the per-chunk [chunk, V] buffers on CUDA; it is a
-possible follow-up, not implemented here.
+Two implementations of the per-chunk work, chosen with ``kernel``:
+
+* ``"torch"``: the LM-head logits of a chunk are copied to float32 and both softmaxes run as torch
+  passes over that copy (forward) or over it and one more [chunk, V] buffer (backward).
+* ``"triton"`` (avalign.kernels): the LM head stays a torch matmul in the inputs' dtype (bf16 on a GPU)
+  with no float32 copy; one Triton kernel per chunk reads those logits twice (online max and sum, then
+  the softmax of alpha * p) and writes Q plus four float32 numbers per row, which the backward pass
+  reuses instead of recomputing the softmaxes; a second kernel turns the recomputed logits into their
+  gradient in place. ``"auto"`` (the default) picks it on CUDA when triton is installed.
+
+Both accumulate the weight gradient over chunks in float32; on CUDA with half-precision inputs that is
+one half-precision GEMM per chunk that writes into the float32 accumulator, not a float32 GEMM.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +42,12 @@ from avalign.errors import ConfigError
 # full speed.
 AUTO_CHUNK_ELEMENTS = 2**26
 
+# Values of pretrained_q_values(kernel=...); see the module docstring.
+Q_KERNELS = ("auto", "torch", "triton")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# torch.addmm(..., out_dtype=torch.float32) from bf16/fp16 inputs exists on CUDA from torch 2.8.
+_MM_OUT_DTYPE = torch.torch_version.TorchVersion(torch.__version__) >= "2.8"
+
 
 def pretrained_q_values(
     hidden: torch.Tensor,
@@ -38,6 +56,7 @@ def pretrained_q_values(
     actions: torch.Tensor,
     alpha: float,
     chunk_size: int | None = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Pretrained Q values of the taken actions (Eq. 12): Q(s_i, a_i) = u_i[a_i] - logsumexp(u_i).
 
@@ -51,6 +70,9 @@ def pretrained_q_values(
         alpha: the temperature-like scale of Eq. 12.
         chunk_size: rows per chunk. None picks ``AUTO_CHUNK_ELEMENTS // V`` rows (at least one), so a
             [chunk, V] float32 buffer stays at 256 MiB for any vocabulary.
+        kernel: "torch", "triton" (avalign.kernels; CUDA, or CPU under TRITON_INTERPRET=1 for tests) or
+            "auto": triton when it is installed, the tensors are on CUDA and their dtype is float16,
+            bfloat16 or float32; torch otherwise.
 
     Returns:
         [N] Q values in float32 (float64 when the inputs are float64). The logits are computed in the
@@ -72,6 +94,8 @@ def pretrained_q_values(
         chunk_size = max(1, AUTO_CHUNK_ELEMENTS // max(1, weight.shape[0]))
     elif chunk_size < 1:
         raise ConfigError(f"chunk_size must be a positive number of rows; got {chunk_size}")
+    if kernel not in Q_KERNELS:
+        raise ConfigError(f"unknown kernel '{kernel}'; expected one of {list(Q_KERNELS)}")
     alpha = float(alpha)
     actions = actions.long()
 
@@ -84,13 +108,55 @@ def pretrained_q_values(
         hidden, weight = hidden.to(dtype), weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
 
+    function, forward = _PretrainedQ, _q_values
+    kernels = _triton_kernels(kernel, hidden)
+    if kernels is not None:
+        function, forward = kernels.TritonPretrainedQ, kernels.triton_q_values
+
     with torch.autocast(device_type, enabled=False):
         needs_grad = any(t is not None and t.requires_grad for t in (hidden, weight, bias))
         if torch.is_grad_enabled() and needs_grad:
-            return _PretrainedQ.apply(hidden, weight, bias, actions, alpha, chunk_size)
+            return function.apply(hidden, weight, bias, actions, alpha, chunk_size)
         # Inference: nothing to save, so skip the autograd function altogether.
         with torch.no_grad():
-            return _q_values(hidden, weight, bias, actions, alpha, chunk_size)
+            return forward(hidden, weight, bias, actions, alpha, chunk_size)
+
+
+def _triton_kernels(kernel, hidden):
+    """avalign.kernels where ``kernel`` selects it for these inputs, else None.
+
+    ConfigError where ``kernel="triton"`` cannot run."""
+    if kernel == "torch":
+        return None
+    installed = importlib.util.find_spec("triton") is not None  # without importing it (see below)
+    if kernel == "auto":
+        if not (installed and hidden.is_cuda and hidden.dtype in TRITON_DTYPES):
+            return None
+        from . import kernels
+
+        # Interpreted kernels (TRITON_INTERPRET=1) would run on CUDA tensors too, but far slower than torch.
+        return kernels if kernels.triton is not None and not kernels.INTERPRETED else None
+    if not installed:
+        raise ConfigError("kernel='triton' needs the triton package; use kernel='torch' or 'auto'")
+    if hidden.dtype not in TRITON_DTYPES:
+        raise ConfigError(f"kernel='triton' supports float16, bfloat16 and float32 inputs, not {hidden.dtype}")
+    if hidden.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(
+            "kernel='triton' runs on CPU tensors only in Triton's interpreter: set TRITON_INTERPRET=1 before "
+            "triton is first imported, or use kernel='torch'"
+        )
+    # Importing avalign.kernels decorates its kernels, and Triton fixes interpreted or compiled then, from
+    # TRITON_INTERPRET: the checks above come first so that a refused call does not fix it.
+    from . import kernels
+
+    if kernels.triton is None:
+        raise ConfigError("kernel='triton': the triton package is installed but fails to import")
+    if hidden.device.type == "cpu" and not kernels.INTERPRETED:
+        raise ConfigError(
+            "kernel='triton' on CPU tensors: avalign.kernels was imported before TRITON_INTERPRET=1 was set, so "
+            "its kernels are compiled for a GPU; set the variable before anything imports triton"
+        )
+    return kernels
 
 
 class _PretrainedQ(torch.autograd.Function):
@@ -106,36 +172,64 @@ class _PretrainedQ(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_q):
         hidden, weight, bias, actions = ctx.saved_tensors
-        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        acc_dtype = _compute_dtype(hidden.dtype)
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
-        grad_bias = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if need_bias else None
 
-        # backward may run inside a user's autocast region; the dtypes below are chosen explicitly.
-        with torch.autocast(hidden.device.type, enabled=False):
-            for rows in _row_chunks(hidden.shape[0], ctx.chunk_size):
-                h = hidden[rows]
-                grad_logits = _grad_logits(_logits(h, weight, bias), actions[rows], ctx.alpha, grad_q[rows])
-                if need_hidden:
-                    grad_hidden[rows] = grad_logits.to(weight.dtype) @ weight
-                if need_weight:
-                    grad_weight.addmm_(grad_logits.T, h.to(acc_dtype))
-                if need_bias:
-                    grad_bias += grad_logits.sum(0)
-                del grad_logits  # free this chunk's [chunk, V] buffer before the next one is made
+        def grad_logits_of(rows, logits):
+            return _grad_logits(logits.to(_compute_dtype(logits.dtype)), actions[rows], ctx.alpha, grad_q[rows])
 
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(bias.dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        grads = chunked_backward(hidden, weight, bias, ctx.needs_input_grad[:3], ctx.chunk_size, grad_logits_of)
+        return (*grads, None, None, None)
+
+
+def chunked_backward(hidden, weight, bias, needs_input_grad, chunk_size, grad_logits_of):
+    """Gradients of hidden, weight and bias (None where not needed) from each chunk's logits gradient.
+
+    ``grad_logits_of(rows, logits)`` turns the recomputed LM-head logits of the rows ``rows`` (in the
+    inputs' dtype) into grad_q * dQ/dz, in that dtype or a wider one; it may reuse the logits' buffer.
+    The weight and bias gradients are accumulated over chunks in float32 (float64 for float64 inputs).
+    """
+    need_hidden, need_weight, need_bias = needs_input_grad
+    acc_dtype = _compute_dtype(hidden.dtype)
+    grad_hidden = torch.empty_like(hidden) if need_hidden else None
+    grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
+    grad_bias = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if need_bias else None
+
+    # backward may run inside a user's autocast region; the dtypes below are chosen explicitly.
+    with torch.autocast(hidden.device.type, enabled=False):
+        for rows in row_chunks(hidden.shape[0], chunk_size):
+            h = hidden[rows]
+            grad_logits = grad_logits_of(rows, F.linear(h, weight, bias))
+            if need_hidden:
+                grad_hidden[rows] = grad_logits.to(weight.dtype) @ weight
+            if need_weight:
+                _addmm_fp32_(grad_weight, grad_logits.T, h)
+            if need_bias:
+                grad_bias += grad_logits.sum(0, dtype=acc_dtype)
+            del grad_logits  # free this chunk's [chunk, V] buffer before the next one is made
+
+    if grad_weight is not None:
+        grad_weight = grad_weight.to(weight.dtype)
+    if grad_bias is not None:
+        grad_bias = grad_bias.to(bias.dtype)
+    return grad_hidden, grad_weight, grad_bias
+
+
+def _addmm_fp32_(acc, a, b):
+    """acc += a @ b, with acc in float32 (float64 for float64 inputs) and b in the inputs' dtype.
+
+    On CUDA with half-precision b, one half-precision GEMM (a rounded to b's dtype, as the hidden
+    gradient already is) that accumulates and writes in float32: a float32 GEMM there is ~15x slower.
+    Elsewhere one GEMM in acc's dtype.
+    """
+    if _MM_OUT_DTYPE and acc.device.type == "cuda" and b.dtype in (torch.float16, torch.bfloat16):
+        torch.addmm(acc, a.to(b.dtype), b, out_dtype=torch.float32, out=acc)
+    else:
+        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
 def _q_values(hidden, weight, bias, actions, alpha, chunk_size):
     """Forward pass over row chunks; one chunk's [chunk, V] buffer at a time."""
     q = torch.empty(hidden.shape[0], dtype=_compute_dtype(hidden.dtype), device=hidden.device)
-    for rows in _row_chunks(hidden.shape[0], chunk_size):
+    for rows in row_chunks(hidden.shape[0], chunk_size):
         scaled = _softmax_(_logits(hidden[rows], weight, bias)).mul_(alpha)  # u = alpha * pi
         taken = scaled.gather(1, actions[rows, None]).squeeze(1)
         # logsumexp(u) in place. u lies in [0, alpha], but the max shift keeps exp finite for large alpha.
@@ -180,5 +274,5 @@ def _compute_dtype(dtype):
     return torch.promote_types(dtype, torch.float32)
 
 
-def _row_chunks(n, chunk_size):
+def row_chunks(n, chunk_size):
     return [slice(start, start + chunk_size) for start in range(0, n, chunk_size)]

@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 from ..errors import ConfigError
 from ..losses import CER_FORMS, REDUCTIONS, WEIGHT_TARGETS
 from ..modeling import TQRConfig
+from ..ops import Q_KERNELS
 from ..data.tokenize import TOO_LONG_POLICIES
 
 AVA_OBJECTIVES = ("ava-p", "ava-d", "preftrans")  # trained by AVATrainer on a TQR model
@@ -73,6 +74,11 @@ class AVAConfig(TrainingArguments):
     q_chunk_size: int | None = field(
         default=None, metadata={"help": "Rows per chunk of the vocabulary-sized Q computation (None: op default)."}
     )
+    q_kernel: str = field(
+        default="auto",
+        metadata={"help": "Q computation: torch, triton (fused kernels) or auto (triton on CUDA when installed).",
+                  "choices": list(Q_KERNELS)},
+    )
     # -- data -------------------------------------------------------------------------------------------------
     max_length: int | None = field(
         default=512, metadata={"help": "Maximum prompt + response tokens (each side for encoder-decoders)."}
@@ -81,6 +87,13 @@ class AVAConfig(TrainingArguments):
         default="truncate",
         metadata={"help": "Responses that do not fit: cut their end (truncate) or drop the row (drop); both counted.",
                   "choices": list(TOO_LONG_POLICIES)},
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "Causal LMs: pack each batch's sequences end to end in one row with restarting position ids "
+                  "instead of padding them (same loss; checked on the backbone at start). Saves the padded "
+                  "positions with flash_attention_2/3 or flex_attention; with sdpa or eager, attention spans the "
+                  "whole packed row and can cost more than it saves."},
     )
     scoring: str = field(
         default="last",

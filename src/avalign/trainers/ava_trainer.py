@@ -26,7 +26,7 @@ from ..losses import (
     sequence_rewards,
     sequence_terms,
 )
-from ..modeling import TQRModel, TQROutput
+from ..modeling import TQRModel, TQROutput, supports_padding_free
 from .. import __version__
 from .ava_config import AVA_OBJECTIVES, AVAConfig
 
@@ -40,6 +40,20 @@ _CARD_OPTIONS = (
 def _as_demonstrations(dataset: Dataset) -> Dataset:
     """AVA-d on preference data learns from the chosen responses only (the rejected ones are not demonstrations)."""
     return dataset.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion")
+
+
+def _check_padding_free(model: TQRModel) -> None:
+    config = model.backbone.config
+    if model.is_encoder_decoder:
+        raise ConfigError(f"padding_free needs a causal LM; {config.model_type} is an encoder-decoder")
+    if not supports_padding_free(model.backbone):
+        raise ConfigError(f"padding_free: the {config.model_type} backbone lets packed sequences see each other "
+                          "(it ignores position ids when masking); train it with padding_free=False")
+    attention = getattr(config, "_attn_implementation", None)
+    if attention in ("sdpa", "eager"):
+        warnings.warn(f"padding_free with attn_implementation={attention}: correct, but attention runs over the "
+                      "whole packed row (quadratic in the batch's tokens); it saves time with flash_attention_2/3 "
+                      "or flex_attention", stacklevel=3)
 
 
 def _rows(output: TQROutput, rows: slice) -> dict[str, torch.Tensor]:
@@ -86,6 +100,8 @@ class AVATrainer(Trainer):
         if differ:  # the heads are built by then, so the model's own options are what trains
             warnings.warn(f"the model's options (model, AVAConfig) differ and the model's are used: {differ}", stacklevel=2)
         ensure_pad_token(processing_class)
+        if args.padding_free:
+            _check_padding_free(model)
         backbone_config = model.backbone.config
         self.tokenize_reports: dict[str, TokenizeReport] = {}
         train_dataset = self._tokenize(train_dataset, "train", processing_class, model.is_encoder_decoder, args)
@@ -94,6 +110,7 @@ class AVATrainer(Trainer):
             pad_token_id=processing_class.pad_token_id,
             is_encoder_decoder=model.is_encoder_decoder,
             decoder_start_token_id=getattr(backbone_config, "decoder_start_token_id", None),
+            padding_free=args.padding_free,
         )
         eval_is_preference = eval_dataset is not None and "rejected_ids" in eval_dataset.column_names
         super().__init__(
