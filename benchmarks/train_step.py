@@ -98,6 +98,8 @@ class Preset:
     # Attention implementation of ava-p-packed: with sdpa a packed row attends over all of its tokens (masked),
     # flex_attention skips the blocks between sequences.
     packed_attention: str = "sdpa"
+    # Seconds one method's process may take before it is recorded as failed and the next one starts.
+    method_timeout_s: int | None = None
     # Exact config values where build_backbone's fixed ratios (intermediate = 2 x hidden, KV heads = heads / 2)
     # do not give the wanted shape.
     config_overrides: dict = field(default_factory=dict)
@@ -114,7 +116,7 @@ PRESETS = {
         arch="qwen2", vocab_size=151_936, hidden_size=896, num_layers=24, num_heads=14,
         prompt_words=(128, 256), response_words=(512, 766), max_length=1024,
         warmup_steps=3, measured_steps=10, bf16=True, device="cuda", scoring_sequences=256, scoring_batch_size=32,
-        packed_attention="flex_attention",
+        packed_attention="flex_attention", method_timeout_s=120,
         config_overrides=dict(intermediate_size=4864, num_key_value_heads=2, max_position_embeddings=32_768,
                               rope_parameters={"rope_theta": 1_000_000.0, "rope_type": "default"}),
     ),
@@ -294,11 +296,11 @@ def _sft(model_dir, tokenizer, pairs, preset, output_dir):
 METHODS = {
     "ava-p": _ava("ava-p"),
     "ava-d": _ava("ava-d"),
-    "ava-p-packed": _ava("ava-p", padding_free=True),
     "dpo-live": _dpo(False),
     "dpo-precomputed": _dpo(True),
     "bt": _bt,
     "sft": _sft,
+    "ava-p-packed": _ava("ava-p", padding_free=True),  # last: on a GPU it compiles flex attention first
 }
 
 
@@ -402,12 +404,16 @@ def measure_matmul(preset: Preset, repeats: int = 20) -> dict:
 
 
 # -- driver -----------------------------------------------------------------------------------------------
-def run_in_subprocess(task: str, preset_name: str, model_dir: str, env: dict, threads: int | None) -> dict:
+def run_in_subprocess(task: str, preset_name: str, model_dir: str, env: dict, threads: int | None,
+                      timeout: int | None = None) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--preset", preset_name, "--worker", task,
                "--model-dir", model_dir]
     if threads is not None:
         command += ["--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
         return {"error": f"exit {result.returncode}: {result.stderr.strip()[-2000:]}"}
@@ -607,7 +613,11 @@ def main(argv=None):
         report["methods"] = {}
         for method in args.methods:
             print(f"[train_step] {method} ...", file=sys.stderr, flush=True)
-            report["methods"][method] = run_in_subprocess(method, args.preset, model_dir, env, preset.threads)
+            report["methods"][method] = run_in_subprocess(method, args.preset, model_dir, env, preset.threads,
+                                                          preset.method_timeout_s)
+            if args.json:  # what is measured so far survives a run stopped from outside
+                with open(args.json, "w") as f:
+                    json.dump(report, f, indent=2, default=str)
         if not args.no_scoring:
             print("[train_step] scoring ...", file=sys.stderr, flush=True)
             report["scoring"] = run_in_subprocess("scoring", args.preset, model_dir, env, preset.threads)
