@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run on one H200 (docs/performance.md, "GPU run"): about 5 minutes expected,
-# 560 s at most (the parts' limits), inside one device call of 600 s.
+# 575 s at most (the parts' limits), inside one device call of 600 s.
 # Needs the wheels of benchmarks/gpu/fetch_wheels.sh in .whl/. Results go to $OUT (default benchmarks/results/gpu);
 # each part has its own time limit, so one that hangs does not take the others' results with it.
 set -u
@@ -17,9 +17,13 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, log to $OUT/run.log,
   echo "== $name: exit $? at $(date +%T)" | tee -a "$OUT/run.log"
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >>"$OUT/run.log" 2>&1
+# The carried wheels against the image's packages (datasets 5.2 wants pyarrow >= 24): fails here, not in every part.
+part imports 30 python3 -c "import importlib.metadata as m, torch, transformers, trl, datasets, triton, avalign; \
+print({p: m.version(p) for p in ('torch', 'transformers', 'trl', 'datasets', 'pyarrow', 'triton', 'accelerate')}, \
+torch.cuda.get_device_name(0))"
 part unit_tests 75 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py
 part checks 75 python3 benchmarks/gpu/checks.py --json "$OUT/gpu_checks.json"
-part train_step 270 python3 benchmarks/train_step.py --preset gpu \
+part train_step 255 python3 benchmarks/train_step.py --preset gpu \
   --markdown "$OUT/train_step_gpu.md" --json "$OUT/train_step_gpu.json"
 part q_op 50 python3 benchmarks/q_op.py --preset gpu --markdown "$OUT/q_op_gpu.md" --json "$OUT/q_op_gpu.json"
 # FSDP2 on one card: the accelerate config of examples/, the CLI's default synthetic job; then the saved (gathered)
