@@ -7,6 +7,7 @@ checkpointing, no evaluation, no saving):
 
 * ``ava-p``            avalign.AVATrainer(objective="ava-p") on the pairs (TQRModel);
 * ``ava-d``            avalign.AVATrainer(objective="ava-d") on the pairs' chosen responses (TQRModel);
+* ``ava-p-triton``     ava-p with q_kernel="triton": the Q op's fused Triton kernels (CUDA presets only);
 * ``ava-p-packed``     ava-p with padding_free=True: the batch's sequences in one row, no padding, attention
                        kept per sequence by the preset's ``packed_attention`` implementation;
 * ``dpo-live``         trl.DPOTrainer with a live reference model (one more no-grad forward per step);
@@ -261,10 +262,10 @@ def training_args(preset: Preset, output_dir: str, batch_size: int) -> dict:
     )
 
 
-def _ava(objective, padding_free=False):
+def _ava(objective, padding_free=False, q_kernel="torch"):
     def build(model_dir, tokenizer, pairs, preset, output_dir):
         args = AVAConfig(objective=objective, max_length=preset.max_length, padding_free=padding_free,
-                         **training_args(preset, output_dir, preset.batch_pairs))
+                         q_kernel=q_kernel, **training_args(preset, output_dir, preset.batch_pairs))
         attention = {"attn_implementation": preset.packed_attention} if padding_free else {}
         model = TQRModel.from_pretrained(model_dir, args.tqr_config(), **attention)
         # ava-d: AVATrainer keeps the chosen responses of preference rows as its demonstrations.
@@ -300,8 +301,10 @@ METHODS = {
     "dpo-precomputed": _dpo(True),
     "bt": _bt,
     "sft": _sft,
+    "ava-p-triton": _ava("ava-p", q_kernel="triton"),
     "ava-p-packed": _ava("ava-p", padding_free=True),  # last: on a GPU it compiles flex attention first
 }
+CUDA_ONLY = ("ava-p-triton",)  # the kernels run on CPU only in Triton's (slow) interpreter
 
 
 def batch_tokens(batch: dict) -> dict[str, int]:
@@ -546,7 +549,8 @@ def render(report: dict) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model shape, data and device")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), help="subset to run")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+                        help="subset to run (default: all; on CPU all but " + ", ".join(CUDA_ONLY) + ")")
     parser.add_argument("--no-scoring", action="store_true", help="skip the reward scoring section")
     parser.add_argument("--markdown", metavar="FILE", help="also write the markdown report here")
     parser.add_argument("--json", metavar="FILE", help="write the raw measurements here")
@@ -561,6 +565,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     preset = PRESETS[args.preset]
+    if args.methods is None:
+        args.methods = [m for m in METHODS if preset.device == "cuda" or m not in CUDA_ONLY]
     if args.threads is not None:
         preset = dataclasses.replace(preset, threads=args.threads)
     if args.worker:

@@ -170,10 +170,11 @@ def test_auto_uses_triton_on_cuda(monkeypatch):
     hidden, weight, bias, actions, _ = on_device(*make_inputs(12, 101)[:4], None)
     refuse_triton(monkeypatch)
     with pytest.raises(AssertionError, match="kernels were called"):
-        pretrained_q_values(hidden, weight, bias, actions, alpha=1.0)
+        pretrained_q_values(hidden, weight, bias, actions, alpha=1.0, kernel="auto")
     with pytest.raises(AssertionError, match="kernels were called"):
-        pretrained_q_values(hidden.bfloat16(), weight.bfloat16(), bias.bfloat16(), actions, alpha=1.0)
-    pretrained_q_values(hidden.double(), weight.double(), bias.double(), actions, alpha=1.0)  # float64: torch
+        pretrained_q_values(hidden.bfloat16(), weight.bfloat16(), bias.bfloat16(), actions, alpha=1.0, kernel="auto")
+    pretrained_q_values(hidden.double(), weight.double(), bias.double(), actions, alpha=1.0, kernel="auto")  # torch
+    pretrained_q_values(hidden, weight, bias, actions, alpha=1.0)  # the default stays torch, even on CUDA
 
 
 def test_triton_refuses_what_it_cannot_run(monkeypatch):
@@ -209,7 +210,7 @@ def test_triton_refuses_what_it_cannot_run(monkeypatch):
 
 
 def test_tqr_config_validates_q_kernel():
-    assert TQRConfig().q_kernel == "auto"
+    assert TQRConfig().q_kernel == "torch"  # until the kernels have run on a GPU
     with pytest.raises(ConfigError, match="q_kernel"):
         TQRConfig(q_kernel="cuda")
 

@@ -49,8 +49,9 @@ class TQRConfig:
         default=None, metadata={"help": "Rows per chunk in the vocabulary-sized Q computation (None: the op's default)."}
     )
     q_kernel: str = field(
-        default="auto",
-        metadata={"help": "Q computation: torch, triton (fused kernels) or auto (triton on CUDA when installed)."},
+        default="torch",
+        metadata={"help": "Q computation: torch, triton (fused kernels) or auto (triton on CUDA when installed). "
+                  "triton and auto are opt-in until the kernels have been run on a GPU (docs/performance.md)."},
     )
 
     def __post_init__(self) -> None:

@@ -19,7 +19,8 @@ Two implementations of the per-chunk work, chosen with ``kernel``:
   with no float32 copy; one Triton kernel per chunk reads those logits twice (online max and sum, then
   the softmax of alpha * p) and writes Q plus four float32 numbers per row, which the backward pass
   reuses instead of recomputing the softmaxes; a second kernel turns the recomputed logits into their
-  gradient in place. ``"auto"`` (the default) picks it on CUDA when triton is installed.
+  gradient in place. ``"auto"`` picks it on CUDA when triton is installed. The default is ``"torch"``
+  until the kernels have been run and measured on a GPU (docs/performance.md).
 
 Both accumulate the weight gradient over chunks in float32; on CUDA with half-precision inputs that is
 one half-precision GEMM per chunk that writes into the float32 accumulator, not a float32 GEMM.
@@ -56,7 +57,7 @@ def pretrained_q_values(
     actions: torch.Tensor,
     alpha: float,
     chunk_size: int | None = None,
-    kernel: str = "auto",
+    kernel: str = "torch",
 ) -> torch.Tensor:
     """Pretrained Q values of the taken actions (Eq. 12): Q(s_i, a_i) = u_i[a_i] - logsumexp(u_i).
 

@@ -75,8 +75,9 @@ class AVAConfig(TrainingArguments):
         default=None, metadata={"help": "Rows per chunk of the vocabulary-sized Q computation (None: op default)."}
     )
     q_kernel: str = field(
-        default="auto",
-        metadata={"help": "Q computation: torch, triton (fused kernels) or auto (triton on CUDA when installed).",
+        default="torch",
+        metadata={"help": "Q computation: torch, triton (fused kernels) or auto (triton on CUDA when installed). "
+                  "triton and auto are opt-in until the kernels have been run on a GPU (docs/performance.md).",
                   "choices": list(Q_KERNELS)},
     )
     # -- data -------------------------------------------------------------------------------------------------
