@@ -73,22 +73,25 @@ def test_packed_outputs_and_gradients_equal_padded(arch, tokenizer, synthetic):
 
 @pytest.mark.parametrize("objective", ["ava-p", "ava-d"])
 def test_padding_free_training_matches_padded(objective, tokenizer, synthetic, tmp_path):
-    """Same logged losses and the same trained weights after 3 steps, with and without padding."""
+    """Same logged losses, trained weights and evaluation after 3 steps, with and without padding."""
     runs = []
     for padding_free in (False, True):
         args = config(tmp_path / str(padding_free), objective=objective, padding_free=padding_free)
         model = TQRModel(tiny_backbone("llama", tokenizer), args.tqr_config())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the sdpa cost warning, tested below
-            trainer = AVATrainer(model, args=args, train_dataset=synthetic[0], processing_class=tokenizer)
+            trainer = AVATrainer(model, args=args, train_dataset=synthetic[0], eval_dataset=synthetic[1],
+                                 processing_class=tokenizer)
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        runs.append((losses, [p.detach().clone() for p in model.parameters()]))
-    (losses_a, params_a), (losses_b, params_b) = runs
+        runs.append((losses, [p.detach().clone() for p in model.parameters()], trainer.evaluate()))
+    (losses_a, params_a, eval_a), (losses_b, params_b, eval_b) = runs
     assert len(losses_a) == 3
     assert losses_b == pytest.approx(losses_a, rel=1e-4)
     for a, b in zip(params_a, params_b):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert eval_b["eval_loss"] == pytest.approx(eval_a["eval_loss"], rel=1e-4)
+    assert (eval_b["eval_accuracy_last"], eval_b["eval_accuracy_sum"]) == (eval_a["eval_accuracy_last"], eval_a["eval_accuracy_sum"])
 
 
 def test_padding_free_batch_is_one_unpadded_row(tokenizer, synthetic, tmp_path):
