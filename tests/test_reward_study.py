@@ -2,6 +2,7 @@
 and the experiment runner end to end (resumable)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,6 +139,30 @@ def test_experiment_runs_resumes_and_reports(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())["cells"]
     assert again["synthetic|tiny|ava-p|0"] == kept
     assert again["synthetic|tiny|bt|1"]["correct"] == removed["correct"]
+
+
+def test_afd_objective_added_later_keeps_the_prepared_unit(tmp_path):
+    """A unit prepared without AfD pairs gets only them added: its pretrained backbone is not trained again."""
+    from avalign.experiments.reward_modeling import StudyConfig, run_study, unit_path
+
+    path = study_config(tmp_path, [{"name": "synthetic", "synthetic_train_size": 24, "synthetic_eval_size": 12}])
+    raw = yaml.safe_load(path.read_text())
+    raw.update(seeds=[0], objectives=["bt"])
+    path.write_text(yaml.safe_dump(raw))
+    first = run_study(StudyConfig.from_yaml(str(path)), progress=False)
+    (unit,) = (tmp_path / "study" / "cache").iterdir()
+    assert not (unit / "train_afd").exists()
+    weights = Path(unit_path(unit, json.loads((unit / "prep.json").read_text())["backbone_path"])) / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+
+    raw["objectives"] = ["bt", "afd-ava-p"]
+    path.write_text(yaml.safe_dump(raw))
+    second = run_study(StudyConfig.from_yaml(str(path)), progress=False)
+    assert weights.stat().st_mtime_ns == written and (unit / "train_afd").exists()
+    prep = json.loads((unit / "prep.json").read_text())
+    assert prep["pretrain"] == first["prep"][unit.name]["pretrain"] and prep["afd"]["pairs"] > 0
+    assert second["cells"]["synthetic|tiny|bt|0"] == first["cells"]["synthetic|tiny|bt|0"]
+    assert second["cells"]["synthetic|tiny|afd-ava-p|0"]["n"] == 12
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "summarize-from-feedback").exists(), reason="../shared/data is absent")

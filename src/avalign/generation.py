@@ -86,7 +86,6 @@ def load_policy(path: str, *, beta: float = 1.0, device: str | torch.device | No
     return policy.to(device).eval(), ensure_pad_token(tokenizer)
 
 
-
 def load_prompts(
     source: str, *, max_prompts: int | None = None, family: str | None = None, eval_fraction: float = 0.1,
     dataset_seed: int = 0, synthetic_eval_size: int = 500,

@@ -12,7 +12,6 @@ from ..data.synthetic import SYNTHETIC, SyntheticTask, synthetic_datasets
 from ..modeling import TQRModel
 
 
-
 @dataclass
 class DataArguments:
     """Where the model and the data come from (the rest is AVAConfig)."""

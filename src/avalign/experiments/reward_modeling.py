@@ -237,29 +237,41 @@ def unit_path(unit: Path, recorded: str) -> str:
 
 
 def prepare_unit(config: StudyConfig, spec: DatasetSpec, backbone: BackboneSpec, seed: int, directory: str) -> dict:
-    """Write everything the unit's cells share to ``directory``; returns the preparation report."""
+    """Write everything the unit's cells share to ``directory``; returns the preparation report. A unit prepared
+    before without AfD pairs keeps what it has (split, tokenizer, pretrained backbone) and only gets them added."""
+    from transformers import AutoTokenizer
+
     from ..data.tokenize import tokenize_dataset
 
     out = Path(directory)
     max_length = config.training.max_length
     train, evaluation, task, summary = _load_split(spec, seed)
-    report: dict[str, Any] = {"train_pairs": len(train), "eval_pairs": len(evaluation), "data": summary}
-    if task is not None:  # gold per-token rewards, kept for the gold metrics
-        evaluation.save_to_disk(str(out / "eval_gold"))
-        evaluation = evaluation.remove_columns(["chosen_gold_rewards", "rejected_gold_rewards"])
-    tokenizer, backbone_path = prepare_backbone(backbone, task, train, out, max_length, seed, report)
-    tokenizer.save_pretrained(str(out / "tokenizer"))
-    datasets = {"pairs": train}
-    if any(config.method(o)[2] == "afd" for o in config.objectives_for(spec)):  # the initial policy: the backbone
-        datasets["afd"] = sample_afd_pairs(backbone_path, tokenizer, train, config.afd, max_length, seed, report)
-    for name, rows in datasets.items():
+
+    def save_tokenized(rows, name: str, report: dict) -> None:
         tokenized, tokenize_report = tokenize_dataset(rows, tokenizer, max_length=max_length, source=name)
         tokenized.save_to_disk(str(out / f"train_{name}"))
         report[f"tokenize_{name}"] = tokenize_report.summary()
-    evaluation.save_to_disk(str(out / "eval"))
-    # tokenised once here, so that no cell tokenises the evaluation pairs again
-    tokenize_dataset(evaluation, tokenizer, max_length=max_length, source="eval")[0].save_to_disk(str(out / "eval_ids"))
-    report["backbone_path"] = unit_relative(backbone_path, out)
+
+    if (out / "prep.json").exists():
+        report = json.loads((out / "prep.json").read_text())
+        tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+        backbone_path = unit_path(out, report["backbone_path"])
+    else:
+        report = {"train_pairs": len(train), "eval_pairs": len(evaluation), "data": summary}
+        if task is not None:  # gold per-token rewards, kept for the gold metrics
+            evaluation.save_to_disk(str(out / "eval_gold"))
+            evaluation = evaluation.remove_columns(["chosen_gold_rewards", "rejected_gold_rewards"])
+        tokenizer, backbone_path = prepare_backbone(backbone, task, train, out, max_length, seed, report)
+        tokenizer.save_pretrained(str(out / "tokenizer"))
+        save_tokenized(train, "pairs", report)
+        evaluation.save_to_disk(str(out / "eval"))
+        # tokenised once here, so that no cell tokenises the evaluation pairs again
+        tokenize_dataset(evaluation, tokenizer, max_length=max_length, source="eval")[0].save_to_disk(str(out / "eval_ids"))
+        report["backbone_path"] = unit_relative(backbone_path, out)
+    needs_afd = any(config.method(o)[2] == "afd" for o in config.objectives_for(spec))
+    if needs_afd and not (out / "train_afd").exists():  # the initial policy: the backbone
+        save_tokenized(sample_afd_pairs(backbone_path, tokenizer, train, config.afd, max_length, seed, report), "afd",
+                       report)
     (out / "prep.json").write_text(json.dumps(report, indent=1))
     return report
 
