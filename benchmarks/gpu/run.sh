@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run on one H200 (docs/performance.md, "GPU run"): about 5 minutes expected,
-# 575 s at most (the parts' limits), inside one device call of 600 s.
+# 545 s at most (the parts' limits), inside one device call of 600 s.
 # Needs the wheels of benchmarks/gpu/fetch_wheels.sh in .whl/. Results go to $OUT (default benchmarks/results/gpu);
 # each part has its own time limit, so one that hangs does not take the others' results with it.
 set -u
@@ -21,8 +21,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 part imports 30 python3 -c "import importlib.metadata as m, torch, transformers, trl, datasets, triton, avalign; \
 print({p: m.version(p) for p in ('torch', 'transformers', 'trl', 'datasets', 'pyarrow', 'triton', 'accelerate')}, \
 torch.cuda.get_device_name(0))"
-part unit_tests 75 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py
-part checks 75 python3 benchmarks/gpu/checks.py --json "$OUT/gpu_checks.json"
+# On CUDA these run the compiled kernels, and packed vs padded batches in bf16 with sdpa and flex attention.
+part unit_tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_packing.py
 part train_step 255 python3 benchmarks/train_step.py --preset gpu \
   --markdown "$OUT/train_step_gpu.md" --json "$OUT/train_step_gpu.json"
 part q_op 50 python3 benchmarks/q_op.py --preset gpu --markdown "$OUT/q_op_gpu.md" --json "$OUT/q_op_gpu.json"
