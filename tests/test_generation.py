@@ -117,6 +117,22 @@ def test_batched_greedy_equals_unbatched(arch, tokenizer, synthetic):
     assert all(len(row["completion"].split()) == 8 for row in batched)
 
 
+def test_max_prompt_tokens_keeps_the_prompts_end(tokenizer, synthetic):
+    """A clipped prompt generates what its last k tokens alone generate, and a prompt within k is untouched."""
+    model = tiny_backbone("gpt2", tokenizer).eval()
+    k = 2
+    prompts = [p for p in synthetic[1]["prompt"] if len(tokenizer(p)["input_ids"]) > k][:4]
+    greedy = dict(do_sample=False, max_new_tokens=6, progress=False, suppress_tokens=tokenizer.all_special_ids)
+    ends = [tokenizer.decode(tokenizer(p)["input_ids"][-k:]) for p in prompts]
+    assert len(prompts) == 4 and all(len(tokenizer(e)["input_ids"]) == k for e in ends)
+    clipped = generate_completions(model, tokenizer, prompts, max_prompt_tokens=k, **greedy)
+    assert [r["completion"] for r in clipped] == [r["completion"] for r in generate_completions(model, tokenizer, ends, **greedy)]
+    assert generate_completions(model, tokenizer, prompts, max_prompt_tokens=1000, **greedy) == \
+        generate_completions(model, tokenizer, prompts, **greedy)
+    with pytest.raises(ConfigError, match="max_prompt_tokens"):
+        generate_completions(model, tokenizer, prompts, max_prompt_tokens=0, **greedy)
+
+
 def test_generation_stops_at_eos(synthetic):
     """Make a word the greedy policy emits mid-way the EOS token: the completion ends just before it."""
     task = synthetic[2]

@@ -141,16 +141,20 @@ def _completion_text(tokens: list[int], tokenizer: PreTrainedTokenizerBase) -> s
 def generate_completions(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, num_return_sequences: int = 1,
     max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, do_sample: bool = True,
-    seed: int = 0, batch_size: int = 16, progress: bool = True, **generate_kwargs,
+    seed: int = 0, batch_size: int = 16, max_prompt_tokens: int | None = None, progress: bool = True,
+    **generate_kwargs,
 ) -> list[dict]:
     """``{"prompt", "completion", "sample_index"}`` for each prompt and sample, in prompt order.
 
     Prompts are tokenised as in training and batched (left-padded for decoder-only models). The defaults sample
     from the policy itself (temperature 1, no top-k / top-p truncation). The same arguments and seed give the same
     outputs (the seed is set once, before the first batch; when sampling, another batch size draws differently).
+    ``max_prompt_tokens`` keeps a longer prompt's last tokens, where the response continues.
     ``generate_kwargs`` go to ``model.generate`` as they are (e.g. ``repetition_penalty``, ``suppress_tokens``)."""
     if not do_sample and num_return_sequences > 1:
         raise ConfigError("greedy decoding gives one completion per prompt; use sampling for num_return_sequences > 1")
+    if max_prompt_tokens is not None and max_prompt_tokens < 1:
+        raise ConfigError(f"max_prompt_tokens must be at least 1, got {max_prompt_tokens}")
     is_encoder_decoder = bool(model.config.is_encoder_decoder)
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
     torch.manual_seed(seed)
@@ -158,7 +162,8 @@ def generate_completions(
     for start in tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not progress):
         batch = prompts[start : start + batch_size]
         inputs = tokenizer.pad(
-            {"input_ids": [prompt_ids(tokenizer, prompt, is_encoder_decoder) for prompt in batch]},
+            {"input_ids": [prompt_ids(tokenizer, prompt, is_encoder_decoder)[-(max_prompt_tokens or 0):]
+                           for prompt in batch]},
             padding_side="right" if is_encoder_decoder else "left", return_tensors="pt",
         ).to(model.device)
         output = model.generate(

@@ -32,6 +32,8 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default_n: int) -> Non
     parser.add_argument("--top_k", type=int, default=0, help="Top-k sampling (0: off).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=16, help="Prompts per generate call.")
+    parser.add_argument("--max_prompt_tokens", type=int, default=None,
+                        help="Keep the last K tokens of a longer prompt (default: whole prompts).")
 
 
 def load_policy_and_prompts(args: argparse.Namespace):
@@ -47,7 +49,8 @@ def load_policy_and_prompts(args: argparse.Namespace):
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                do_sample=not getattr(args, "greedy", False), seed=args.seed, batch_size=args.batch_size)
+                do_sample=not getattr(args, "greedy", False), seed=args.seed, batch_size=args.batch_size,
+                max_prompt_tokens=args.max_prompt_tokens)
 
 
 def gold_summary(task, rows: list[dict], field: str = "completion", key: str = "gold_reward") -> dict:

@@ -90,7 +90,8 @@ SET_BY_STUDY = ("seed", "output_dir", "max_new_tokens", "temperature", "max_prom
 
 @dataclass
 class GenerationSettings:
-    """Sampling of every policy: evaluation samples, best-of-N candidates, AfD samples and PPO rollouts."""
+    """Sampling of every policy: evaluation samples, best-of-N candidates, AfD samples (those with top-k 50 in
+    batches of 32: ``sample_afd_pairs``) and PPO rollouts."""
 
     max_new_tokens: int = 16
     temperature: float = 1.0

@@ -208,15 +208,18 @@ def sample_afd_pairs(policy_path: str, tokenizer, train, afd: dict, max_length: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..data.afd import afd_pairs, sample_responses
+    from ..data.afd import afd_pairs
     from ..data.cleaning import CleaningReport
+    from ..generation import generate_completions
 
     policy = AutoModelForCausalLM.from_pretrained(policy_path).to("cuda" if torch.cuda.is_available() else "cpu")
-    samples = sample_responses(policy, tokenizer, train["prompt"], seed=seed,
-                               max_prompt_tokens=max_length - afd["max_new_tokens"],
-                               max_new_tokens=afd["max_new_tokens"], temperature=afd["temperature"])
+    # top-k 50 (transformers' default) in batches of 32: what the published AfD rows were sampled with
+    samples = generate_completions(policy, tokenizer, train["prompt"], seed=seed, top_k=50, batch_size=32,
+                                   max_prompt_tokens=max_length - afd["max_new_tokens"],
+                                   max_new_tokens=afd["max_new_tokens"], temperature=afd["temperature"],
+                                   progress=False)
     dropped = CleaningReport()
-    pairs = afd_pairs(train, samples, dropped)
+    pairs = afd_pairs(train, [sample["completion"] for sample in samples], dropped)
     report["afd"] = {"pairs": len(pairs), "dropped": dropped.dropped}
     return pairs
 
