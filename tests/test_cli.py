@@ -3,8 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from avalign.cli import main
+from avalign.commands.common import DataArguments, load_data_and_model
+from avalign.trainers.ava_config import AVAConfig
+
+from conftest import tiny_backbone
 
 
 def last_json_line(text):
@@ -85,3 +90,19 @@ def test_project_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert err.startswith("avalign evaluate: error:") and "Traceback" not in err
     assert main(["train", "--dataset_name", str(tmp_path / "missing.jsonl"), "--output_dir", str(tmp_path)]) == 2
     assert "avalign train: error: file" in capsys.readouterr().err
+
+
+def test_fresh_heads_on_a_loaded_backbone_follow_the_seed(tmp_path, synthetic):
+    """--model_name_or_path with a plain backbone: the new heads are initialised under --seed, whatever the random
+    state before (two runs of the same command used to start from different reward weights)."""
+    tiny_backbone("gpt2", synthetic[2].tokenizer()).save_pretrained(tmp_path)
+    synthetic[2].tokenizer().save_pretrained(tmp_path)
+
+    def heads(seed, earlier_state):
+        torch.manual_seed(earlier_state)
+        data = DataArguments(model_name_or_path=str(tmp_path), synthetic_train_size=8, synthetic_eval_size=4)
+        model = load_data_and_model(data, AVAConfig(output_dir=str(tmp_path / "out"), seed=seed)).model
+        return model.reward_weights.query.weight
+
+    assert torch.equal(heads(0, earlier_state=1), heads(0, earlier_state=2))
+    assert not torch.equal(heads(0, earlier_state=1), heads(1, earlier_state=1))

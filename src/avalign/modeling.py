@@ -10,6 +10,7 @@ transition (state x_{0..i}, action x_{i+1}), i = 0..L-2:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -111,6 +112,34 @@ def _lm_head_projection(backbone: PreTrainedModel) -> tuple[torch.Tensor, torch.
     return head.weight, bias, scale
 
 
+def zero3_gathered(params):
+    """Context in which DeepSpeed ZeRO-3 parameters among ``params`` hold their full values (ZeRO-3 keeps each
+    as an empty shard outside its own module's forward); a null context without ZeRO-3."""
+    shards = [p for p in params if getattr(p, "ds_status", None) is not None and p.ds_status.name != "AVAILABLE"]
+    if not shards:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(shards, modifier_rank=None)
+
+
+def run_as_forward(module: nn.Module, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` run as ``module``'s forward, inside the hooks wrappers put on the module.
+
+    The Q op reads the LM head's weight rather than calling the head. DeepSpeed ZeRO-3 gathers a module's
+    parameters only in its hooks, before its forward and again before its backward, so the op runs as the
+    head's forward: the weight is whole in both passes and its gradient is reduced as the head's own."""
+    own = module.__dict__.get("forward")
+    module.forward = function
+    try:
+        return module(*args, **kwargs)
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
+
+
 def supports_padding_free(backbone: PreTrainedModel) -> bool:
     """Whether a causal LM keeps sequences packed in one row apart given only their position ids: two short
     sequences, packed and alone, must give the same hidden states. Architectures that ignore position ids
@@ -122,8 +151,8 @@ def supports_padding_free(backbone: PreTrainedModel) -> bool:
     positions = torch.cat([torch.arange(n, device=backbone.device) for n in lengths])
     was_training = backbone.training
     backbone.eval()
-    try:
-        with torch.no_grad():
+    try:  # under ZeRO-3 the whole backbone is gathered for these two tiny forwards, once
+        with torch.no_grad(), zero3_gathered(backbone.parameters()):
             packed = backbone.base_model(input_ids=tokens[None], position_ids=positions[None], use_cache=False)
             alone = [backbone.base_model(input_ids=part[None], use_cache=False) for part in tokens.split(lengths)]
     except TypeError:  # a forward without position_ids (or use_cache) cannot be packed
@@ -144,7 +173,8 @@ class TQRModel(nn.Module):
         self.tqr_config = config or TQRConfig()
         self.is_encoder_decoder = bool(backbone.config.is_encoder_decoder)
         hidden_size = backbone.config.get_text_config().hidden_size
-        vocab_size = backbone.get_output_embeddings().weight.shape[0]
+        head_weight = backbone.get_output_embeddings().weight
+        vocab_size = getattr(head_weight, "ds_shape", head_weight.shape)[0]  # ZeRO-3 keeps an empty shard
         # Two outputs per position: reward_mean and reward_log_std. Zero init starts at the prior N(0, 1).
         self.reward_head = nn.Linear(hidden_size, 2)
         nn.init.zeros_(self.reward_head.weight)
@@ -263,7 +293,10 @@ class TQRModel(nn.Module):
         q_values = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
         if with_q:  # Q only at positions that enter the loss: gathered before the vocabulary-sized projection
             weight, bias, scale = self.q_projection()
-            q_flat = pretrained_q_values(
+            head = self.q_head if self.q_head is not None else self.backbone.get_output_embeddings()
+            q_flat = run_as_forward(
+                head,
+                pretrained_q_values,
                 state_hidden[mask] * scale if scale != 1.0 else state_hidden[mask],
                 weight,
                 bias,

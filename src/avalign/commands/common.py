@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, set_seed
 
 from ..backbones import build_backbone
 from ..data.synthetic import SYNTHETIC, SyntheticTask, synthetic_datasets
@@ -85,6 +85,7 @@ def load_data_and_model(data_args: DataArguments, args, with_model: bool = True,
     model, backbone_path = None, data_args.model_name_or_path
     if with_model and data_args.model_name_or_path is not None:
         if backbone_dir is None:
+            set_seed(args.seed)  # fresh heads: initialised under the run's seed, as AVATrainer does for a model id
             model = TQRModel.from_pretrained(data_args.model_name_or_path, args.tqr_config())
     elif with_model:
         backbone = build_backbone(
