@@ -126,9 +126,10 @@ def zero3_gathered(params):
 def run_as_forward(module: nn.Module, function, *args, **kwargs):
     """``function(*args, **kwargs)`` run as ``module``'s forward, inside the hooks wrappers put on the module.
 
-    The Q op reads the LM head's weight rather than calling the head. DeepSpeed ZeRO-3 gathers a module's
-    parameters only in its hooks, before its forward and again before its backward, so the op runs as the
-    head's forward: the weight is whole in both passes and its gradient is reduced as the head's own."""
+    The Q op reads the LM head's weight rather than calling the head. DeepSpeed ZeRO-3 and FSDP2 (when the head
+    is its own FSDP unit) make a module's parameters whole only in hooks, before its forward and again before
+    its backward, so the op runs as the head's forward: the weight is whole in both passes and its gradient is
+    reduced as the head's own."""
     own = module.__dict__.get("forward")
     module.forward = function
     try:
@@ -261,6 +262,15 @@ class TQRModel(nn.Module):
             return self.q_head.weight, self.q_head.bias, 1.0
         return _lm_head_projection(self.backbone)
 
+    def _taken_q_values(self, state_hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Eq. 12 at the given [N] positions. Runs as the Q head's forward (``run_as_forward``), where a sharding
+        wrapper has made the head's weight whole, so the weight is read here and not before."""
+        weight, bias, scale = self.q_projection()
+        return pretrained_q_values(
+            state_hidden * scale if scale != 1.0 else state_hidden, weight, bias, actions, self.tqr_config.alpha,
+            chunk_size=self.tqr_config.q_chunk_size, kernel=self.tqr_config.q_kernel,
+        )
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -292,23 +302,12 @@ class TQRModel(nn.Module):
 
         q_values = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
         if with_q:  # Q only at positions that enter the loss: gathered before the vocabulary-sized projection
-            weight, bias, scale = self.q_projection()
             head = self.q_head if self.q_head is not None else self.backbone.get_output_embeddings()
-            q_flat = run_as_forward(
-                head,
-                pretrained_q_values,
-                state_hidden[mask] * scale if scale != 1.0 else state_hidden[mask],
-                weight,
-                bias,
-                tokens[:, 1:][mask],
-                self.tqr_config.alpha,
-                chunk_size=self.tqr_config.q_chunk_size,
-                kernel=self.tqr_config.q_kernel,
-            )
+            q_flat = run_as_forward(head, self._taken_q_values, state_hidden[mask], tokens[:, 1:][mask])
             q_values = q_values.to(q_flat.dtype).masked_scatter(mask, q_flat)
 
         reward = self.reward_head(next_hidden).float()
-        reward_mean = reward[..., 0]
+        reward_mean = reward[..., 0].contiguous()  # a copy: FSDP2 warns of outputs that are views
         reward_log_std = reward[..., 1].clamp(self.tqr_config.log_std_min, self.tqr_config.log_std_max)
         if self.reward_weights is not None:
             weights = self.reward_weights(next_hidden, mask, self.tqr_config.rescale_reward_weights)
