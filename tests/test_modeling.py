@@ -123,6 +123,18 @@ def test_without_pretrained_q_a_fresh_head_gives_q(tokenizer, synthetic):
     assert not torch.allclose(out.q_values[out.mask], from_lm_head[out.mask], atol=1e-4)
 
 
+def test_heads_take_the_backbone_dtype(tokenizer, synthetic):
+    """A bf16 backbone gets bf16 heads (as a Hugging Face score head would), so the model runs in bf16 without
+    autocast and DeepSpeed's bf16 sees one dtype; its rewards match the float32 model's to bf16 rounding."""
+    full = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(pretrained_q=False))
+    torch.nn.init.normal_(full.reward_head.weight, std=0.5)
+    half = TQRModel(tiny_backbone("gpt2", tokenizer).to(torch.bfloat16), TQRConfig(pretrained_q=False))
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    half.load_state_dict(full.state_dict())
+    batch = batch_for(full, tokenizer, synthetic[0].select(range(2)))
+    torch.testing.assert_close(half(**batch).reward_mean, full(**batch).reward_mean, rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
 def test_save_load_round_trip_gives_identical_scores(arch, tokenizer, synthetic, tmp_path):
     torch.manual_seed(1)

@@ -182,6 +182,11 @@ class TQRModel(nn.Module):
         nn.init.zeros_(self.reward_head.bias)
         self.reward_weights = RewardWeights(hidden_size) if self.tqr_config.use_reward_weights else None
         self.q_head = None if self.tqr_config.pretrained_q else nn.Linear(hidden_size, vocab_size)
+        # The heads take the backbone's dtype, as a Hugging Face score head does; DeepSpeed's bf16 (whose ZeRO-3
+        # creates the backbone in bf16) needs one dtype throughout.
+        for head in (self.reward_head, self.reward_weights, self.q_head):
+            if head is not None:
+                head.to(head_weight.dtype)
         # FSDP's transformer-based auto-wrap looks for the block classes here, as on a PreTrainedModel.
         self._no_split_modules = getattr(backbone, "_no_split_modules", None)
 
