@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -39,6 +40,18 @@ def tiny_backbone(arch, tokenizer, seed=0):
         arch, len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=seed,
     )
+
+
+def untied(model):
+    """``model`` with its LM head a parameter of its own (tiny_backbone ties it to the embedding)."""
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    return model
+
+
+def last_json_line(text):
+    """The JSON object a command prints last."""
+    return json.loads(text.strip().splitlines()[-1])
 
 
 def reference_gold_return(task, prompt, completion):

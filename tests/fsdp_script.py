@@ -20,15 +20,12 @@ from avalign.data.tokenize import tokenize_dataset
 from avalign.losses import ava_d_objective, sequence_terms
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import tiny_backbone  # noqa: E402
+from conftest import tiny_backbone, untied  # noqa: E402
 
 
 def backbone(tokenizer, separate_head: bool):
     model = tiny_backbone("llama", tokenizer)
-    if separate_head:  # an untied head: a tied weight cannot sit in two FSDP units
-        model.config.tie_word_embeddings = False
-        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    return model
+    return untied(model) if separate_head else model  # a tied weight cannot sit in two FSDP units
 
 
 def loss_of(model: TQRModel, batch: dict) -> torch.Tensor:

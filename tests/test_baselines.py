@@ -1,7 +1,5 @@
 """TRL baselines through `avalign train --objective bt|dpo|sft`, and Bradley-Terry scoring."""
 
-import json
-
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -11,9 +9,7 @@ from avalign.reward_model import AVARewardModel, BTRewardModel, load_reward_mode
 from avalign.trainers import AVAConfig
 from avalign.trainers.baselines import trl_config
 
-
-def last_json_line(text):
-    return json.loads(text.strip().splitlines()[-1])
+from conftest import last_json_line
 
 
 def test_trl_config_carries_the_shared_training_arguments(tmp_path):

@@ -1,19 +1,12 @@
 """The CLI end to end on the synthetic task: train, then evaluate prints one JSON object last."""
 
-import json
-
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from avalign.cli import main
-from avalign.commands.common import DataArguments, load_data_and_model
-from avalign.trainers.ava_config import AVAConfig
 
-from conftest import tiny_backbone
-
-
-def last_json_line(text):
-    return json.loads(text.strip().splitlines()[-1])
+from conftest import last_json_line, tiny_backbone
 
 
 def test_train_then_evaluate(tmp_path, capsys):
@@ -92,17 +85,23 @@ def test_project_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "avalign train: error: file" in capsys.readouterr().err
 
 
-def test_fresh_heads_on_a_loaded_backbone_follow_the_seed(tmp_path, synthetic):
+def test_fresh_heads_on_a_loaded_backbone_follow_the_seed(tmp_path, synthetic, capsys):
     """--model_name_or_path with a plain backbone: the new heads are initialised under --seed, whatever the random
-    state before (two runs of the same command used to start from different reward weights)."""
-    tiny_backbone("gpt2", synthetic[2].tokenizer()).save_pretrained(tmp_path)
-    synthetic[2].tokenizer().save_pretrained(tmp_path)
+    state before (two runs of the same command used to start from different reward weights). Learning rate 0, so
+    the saved heads are the initial ones."""
+    tiny_backbone("gpt2", synthetic[2].tokenizer()).save_pretrained(tmp_path / "base")
+    synthetic[2].tokenizer().save_pretrained(tmp_path / "base")
 
     def heads(seed, earlier_state):
         torch.manual_seed(earlier_state)
-        data = DataArguments(model_name_or_path=str(tmp_path), synthetic_train_size=8, synthetic_eval_size=4)
-        model = load_data_and_model(data, AVAConfig(output_dir=str(tmp_path / "out"), seed=seed)).model
-        return model.reward_weights.query.weight
+        out = tmp_path / f"seed{seed}-state{earlier_state}"
+        assert main(["train", "--model_name_or_path", str(tmp_path / "base"), "--output_dir", str(out), "--seed",
+                     str(seed), "--max_steps", "1", "--learning_rate", "0", "--synthetic_train_size", "16",
+                     "--synthetic_eval_size", "8", "--disable_tqdm", "true", "--use_cpu", "true"]) == 0
+        capsys.readouterr()
+        return load_file(out / "tqr_heads.safetensors")
 
-    assert torch.equal(heads(0, earlier_state=1), heads(0, earlier_state=2))
-    assert not torch.equal(heads(0, earlier_state=1), heads(1, earlier_state=1))
+    same_seed, other_state, other_seed = heads(0, 1), heads(0, 2), heads(1, 1)
+    assert same_seed.keys() == other_state.keys() and "reward_weights.query.weight" in same_seed
+    assert all(torch.equal(same_seed[k], other_state[k]) for k in same_seed)
+    assert not torch.equal(same_seed["reward_weights.query.weight"], other_seed["reward_weights.query.weight"])

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import tiny_backbone
+from conftest import last_json_line, tiny_backbone, untied
 
 pytest.importorskip("deepspeed", reason="deepspeed is in the dev extras on Linux")
 
@@ -35,15 +34,12 @@ def run(launcher: list[str], *args: str) -> dict:
     result = subprocess.run([*launcher, "-m", "avalign.cli", *args], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return last_json_line(result.stdout)
 
 
 @pytest.mark.slow
 def test_zero3_trains_as_a_single_process_does(tmp_path, synthetic):
-    model = tiny_backbone("llama", synthetic[2].tokenizer())
-    model.config.tie_word_embeddings = False
-    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    model.save_pretrained(tmp_path / "base")
+    untied(tiny_backbone("llama", synthetic[2].tokenizer())).save_pretrained(tmp_path / "base")
     synthetic[2].tokenizer().save_pretrained(tmp_path / "base")
     common = ["--model_name_or_path", str(tmp_path / "base"), *ARGS]
     def zero3(precision="no"):

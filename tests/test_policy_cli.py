@@ -11,11 +11,7 @@ from avalign.data import load_dataset
 from avalign.modeling import TQRModel
 from avalign.reward_model import AVARewardModel
 
-from conftest import reference_gold_return, tiny_backbone
-
-
-def last_json_line(text):
-    return json.loads(text.strip().splitlines()[-1])
+from conftest import last_json_line, reference_gold_return, tiny_backbone
 
 
 def read_jsonl(path):

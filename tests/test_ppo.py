@@ -2,7 +2,6 @@
 log-probs against generate's, and end to end on the synthetic task: the gold reward of fresh samples rises, AVA
 rewards (dense and pessimistic) give finite statistics, and the CLI saves a loadable policy."""
 
-import json
 import math
 
 import pytest
@@ -16,7 +15,7 @@ from avalign.rl.ppo import (PPOConfig, PPOTrainer, clipped_policy_loss, clipped_
                             pad_left, position_ids, response_mask)
 from avalign.rl.rewards import GoldRewards, RewardModelRewards
 
-from conftest import tiny_backbone
+from conftest import last_json_line, tiny_backbone
 
 
 def small_config(**overrides) -> PPOConfig:
@@ -158,7 +157,7 @@ def test_cli_trains_a_tqr_checkpoint_as_policy_and_saves_it(ava_dir, tmp_path, c
     ppo_main(["--policy", ava_dir, "--reward_model", ava_dir, "--reward", "dense", "--kappa", "0.5",
               "--num_prompts", "32", "--output_dir", str(out), "--learning_rate", "1e-3", "--batch_size", "16",
               "--mini_batch_size", "8", "--total_episodes", "32", "--max_new_tokens", "6", "--disable_tqdm", "true"])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = last_json_line(capsys.readouterr().out)
     assert result["output_dir"] == str(out) and math.isfinite(result["gold/reward"])
     assert len((out / "ppo_log.jsonl").read_text().splitlines()) == 2
     assert "reward_model" in (out / "README.md").read_text()

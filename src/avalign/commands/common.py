@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, set_seed
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..backbones import build_backbone
 from ..data.synthetic import SYNTHETIC, SyntheticTask, synthetic_datasets
@@ -53,16 +53,17 @@ class LoadedRun:
     train: Dataset | None
     eval: Dataset | None
     tokenizer: PreTrainedTokenizerBase
-    model: TQRModel | None
+    model: TQRModel | None  # over a from-scratch backbone; None when backbone_path is a given model
     task: SyntheticTask | None = None
-    backbone_path: str | None = None  # what TRL baselines load: the given model, or the from-scratch backbone saved
+    backbone_path: str | None = None  # the given model, or the from-scratch backbone saved for a TRL baseline
 
 
-def load_data_and_model(data_args: DataArguments, args, with_model: bool = True, backbone_dir: str | None = None) -> LoadedRun:
-    """Datasets (train rows in the format the objective needs; eval always pairs), tokenizer and TQR model.
+def load_data_and_model(data_args: DataArguments, args, backbone_dir: str | None = None) -> LoadedRun:
+    """Datasets (train rows in the format the objective needs; eval always pairs), tokenizer and model.
 
-    With ``backbone_dir`` (for TRL baselines) no TQR model is built: a from-scratch backbone is saved there instead,
-    with the same weights AVA would start from, and ``backbone_path`` says what to load."""
+    A given ``--model_name_or_path`` is not loaded here: ``backbone_path`` names it, and the trainer loads it (AVATrainer
+    builds the fresh heads under the run's seed). Without one, a from-scratch backbone is built: wrapped as a TQR
+    model, or with ``backbone_dir`` (for TRL baselines) saved there, with the same weights AVA would start from."""
     task = None
     if data_args.dataset_name in (None, SYNTHETIC):
         kind = "demonstration" if args.objective in ("ava-d", "sft") else "preference"
@@ -83,11 +84,7 @@ def load_data_and_model(data_args: DataArguments, args, with_model: bool = True,
             texts = (text for row in train for text in row_texts(row))
             tokenizer = train_bpe_tokenizer(texts, data_args.tokenizer_vocab_size)
     model, backbone_path = None, data_args.model_name_or_path
-    if with_model and data_args.model_name_or_path is not None:
-        if backbone_dir is None:
-            set_seed(args.seed)  # fresh heads: initialised under the run's seed, as AVATrainer does for a model id
-            model = TQRModel.from_pretrained(data_args.model_name_or_path, args.tqr_config())
-    elif with_model:
+    if backbone_path is None:
         backbone = build_backbone(
             data_args.backbone_arch, len(tokenizer), hidden_size=data_args.backbone_hidden_size,
             num_layers=data_args.backbone_layers, pad_token_id=tokenizer.pad_token_id,

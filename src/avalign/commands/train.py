@@ -35,8 +35,9 @@ def run(data_args: DataArguments, args: AVAConfig) -> dict:
     from ..trainers.ava_trainer import AVATrainer
 
     loaded = load_data_and_model(data_args, args)
+    model = loaded.model if loaded.model is not None else loaded.backbone_path
     trainer = AVATrainer(
-        loaded.model, args=args, train_dataset=loaded.train, eval_dataset=loaded.eval, processing_class=loaded.tokenizer
+        model, args=args, train_dataset=loaded.train, eval_dataset=loaded.eval, processing_class=loaded.tokenizer
     )
     metrics = _train_and_save(trainer, args)
     if loaded.eval is not None:
