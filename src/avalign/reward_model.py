@@ -22,14 +22,24 @@ from .errors import ConfigError
 from .modeling import TQR_CONFIG_NAME, TQRModel, TQROutput
 
 
+def token_rewards(output: TQROutput, kappa: float = 0.0) -> torch.Tensor:
+    """The library's one definition of an AVA model's per-token reward, [B, T] (read where ``output.mask``):
+    w_t mu_t - kappa sigma_t, the weighted reward mean of Eq. 19 lowered by kappa standard deviations of the
+    reward posterior. Scoring, PPO's dense rewards, the GRPO/RLOO reward functions and the dense-reward benchmark
+    all read this function. kappa = 0: the mean."""
+    return output.reward_weights * output.reward_mean - kappa * output.reward_log_std.exp()
+
+
 @dataclass
 class ResponseRewards:
-    """Rewards of one response. Per-token lists cover the response tokens (EOS included), in order."""
+    """Rewards of one response. Per-token lists cover the response tokens (EOS included), in order;
+    ``token_rewards`` is ``token_rewards(...)`` (kappa 0), the reading PPO optimises."""
 
     token_ids: list[int]
     reward_mean: list[float]
     reward_std: list[float]
     reward_weights: list[float]
+    token_rewards: list[float]
     last: float  # weighted reward mean at the last response token
     sum: float  # Eq. 19: sum of weighted reward means over the response
 
@@ -116,6 +126,7 @@ class AVARewardModel(_PairEvaluation):
         rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
         results = []
         for features, out, scores in self._forward(rows, progress):
+            dense = token_rewards(out)
             for row, feature in enumerate(features):
                 valid = out.mask[row]
                 results.append(
@@ -124,6 +135,7 @@ class AVARewardModel(_PairEvaluation):
                         reward_mean=out.reward_mean[row][valid].tolist(),
                         reward_std=out.reward_log_std[row][valid].exp().tolist(),
                         reward_weights=out.reward_weights[row][valid].tolist(),
+                        token_rewards=dense[row][valid].tolist(),
                         last=float(scores["last"][row]),
                         sum=float(scores["sum"][row]),
                     )

@@ -18,7 +18,7 @@ from trl.data_utils import maybe_apply_chat_template
 from ..data.synthetic import SyntheticTask
 from ..data.tokenize import ensure_pad_token, prompt_ids as tokenize_prompt
 from ..errors import ConfigError, DataError
-from ..reward_model import AVARewardModel, BTRewardModel, load_reward_model
+from ..reward_model import AVARewardModel, BTRewardModel, load_reward_model, token_rewards
 
 REWARDS = ("dense", "sum", "last")
 
@@ -33,13 +33,6 @@ def place_rewards(token_rewards: torch.Tensor, reward: str) -> torch.Tensor:
     placed = torch.zeros_like(token_rewards)
     placed[-1] = token_rewards.sum() if reward == "sum" else token_rewards[-1]
     return placed
-
-
-def pessimistic_rewards(reward_mean: torch.Tensor, reward_std: torch.Tensor, reward_weights: torch.Tensor,
-                        kappa: float) -> torch.Tensor:
-    """w_t mu_t - kappa sigma_t per token: the weighted reward mean of Eq. 19 lowered by kappa standard deviations of
-    the reward posterior, whose distribution in the TD likelihood is N(w_t mu_t, sigma_t^2). kappa = 0: the mean."""
-    return reward_weights * reward_mean - kappa * reward_std
 
 
 def fold_appended_eos(rewards: torch.Tensor, response_length: int) -> torch.Tensor:
@@ -61,7 +54,7 @@ def reward_model_token_rewards(
 ) -> list[torch.Tensor]:
     """Token rewards of (prompt, response) token-id rows in the reward model's vocabulary, placed by ``reward``.
 
-    An AVA model gives ``pessimistic_rewards`` per token; a Bradley-Terry model one score at the last token. Rows
+    An AVA model gives ``reward_model.token_rewards`` per token; a Bradley-Terry model one score at the last token. Rows
     are scored whole (the reward model's ``max_length`` is not applied), in its batches."""
     eos = reward_model.tokenizer.eos_token_id
     rows = []
@@ -71,7 +64,7 @@ def reward_model_token_rewards(
                                     response_ids[start:start + reward_model.batch_size])]
         if isinstance(reward_model, AVARewardModel):
             out = reward_model.forward_features(features)
-            per_token = pessimistic_rewards(out.reward_mean, out.reward_log_std.exp(), out.reward_weights, kappa)
+            per_token = token_rewards(out, kappa)
             rows += [values[valid].cpu() for values, valid in zip(per_token, out.mask)]
         else:
             for score, feature in zip(reward_model.forward_features(features).cpu(), features):
