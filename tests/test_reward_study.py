@@ -192,3 +192,34 @@ def test_variants_extend_an_objective_and_bad_ones_are_named(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="variant 'x'"):
         StudyConfig.from_yaml(str(path))
+
+
+def test_dense_reward_stage_scores_every_method_against_gold(tmp_path):
+    """Each method's per-token readings are compared with the gold rewards of the same evaluation tokens; the
+    report carries the dense table and its plots."""
+    from avalign.experiments.reward_modeling import StudyConfig, run_study
+
+    path = study_config(tmp_path, [{"name": "synthetic", "synthetic_train_size": 24, "synthetic_eval_size": 12}])
+    raw = yaml.safe_load(path.read_text())
+    raw.update(seeds=[0, 1], objectives=["bt", "ava-p", "dpo", "oracle-probe"])
+    path.write_text(yaml.safe_dump(raw))
+    results = run_study(StudyConfig.from_yaml(str(path)), progress=False)
+    readings = {"bt": ["prefix_difference"], "ava-p": ["token_reward", "mu"], "dpo": ["implicit"],
+                "oracle-probe": ["probe"]}
+    from avalign.data.synthetic import synthetic_datasets
+
+    _, evaluation, _ = synthetic_datasets("preference", 24, 12)
+    words = sum(len(g) for key in ("chosen", "rejected") for g in evaluation[f"{key}_gold_rewards"])
+    for objective, names in readings.items():
+        dense = results["cells"][f"synthetic|tiny|{objective}|0"]["dense"]
+        assert list(dense) == names
+        for values in dense.values():
+            assert values["tokens"] == words  # every response word of the 12 pairs, EOS left out
+            assert -1 <= values["pearson"] <= 1 and -1 <= values["spearman"] <= 1
+    cell = results["cells"]["synthetic|tiny|ava-p|0"]
+    assert cell["dense"]["mu"]["pearson"] == pytest.approx(cell["gold_reward_pearson"], abs=1e-6)
+    assert cell["dense"]["token_reward"]["pearson"] == pytest.approx(cell["gold_weighted_reward_pearson"], abs=1e-6)
+    table = (tmp_path / "study" / "results.md").read_text()
+    assert "| Oracle: linear probe on gold | probe |" in table and "| DPO (implicit reward) | implicit |" in table
+    assert (tmp_path / "study" / "dense-scatter-synthetic-tiny.png").exists()
+    assert (tmp_path / "study" / "dense-tokens-synthetic-tiny.png").exists()

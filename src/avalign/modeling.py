@@ -54,6 +54,11 @@ class TQRConfig:
         metadata={"help": "Q computation: torch, triton (fused kernels) or auto (triton on CUDA when installed). "
                   "triton and auto are opt-in until the kernels have been run on a GPU (docs/performance.md)."},
     )
+    scoring: str = field(
+        default="last",
+        metadata={"help": "The sequence score the model was trained to rank by (AVAConfig.scoring): scoring and "
+                  "evaluation use it first. Models saved before it existed ranked by last."},
+    )
 
     def __post_init__(self) -> None:
         if not self.log_std_min < self.log_std_max:

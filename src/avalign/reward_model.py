@@ -78,6 +78,11 @@ class _PairEvaluation:
         """({scoring: chosen scores}, {scoring: rejected scores}) over pairs given as text or as token ids."""
         raise NotImplementedError
 
+    def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
+        """Per-token rewards of tokenised rows (``prompt_ids``, ``completion_ids``; responses end with EOS), one
+        tensor per row as long as its response, under each reading this model offers (``{reading: rows}``)."""
+        raise NotImplementedError
+
     def evaluate_pairs(self, dataset: Dataset, progress: bool = False) -> dict:
         """Pairwise accuracy (ties wrong) under each scoring over prompt/chosen/rejected rows, each with a 95%
         percentile-bootstrap interval over pairs; pairs are truncated jointly, exactly as in training."""
@@ -87,12 +92,14 @@ class _PairEvaluation:
 class AVARewardModel(_PairEvaluation):
     """Scores (prompt, response) pairs with a TQR model, in batches, without gradients."""
 
-    scorings = ("last", "sum")
+    scorings = ("last", "sum")  # the model's own score (TQRConfig.scoring) comes first on an instance
 
     def __init__(
         self, model: TQRModel, tokenizer: PreTrainedTokenizerBase, *, max_length: int | None = None,
         batch_size: int = 32, device: str | torch.device | None = None,
     ):
+        native = model.tqr_config.scoring
+        self.scorings = (native, *[s for s in AVARewardModel.scorings if s != native])
         self.model = model.eval()
         self.tokenizer = ensure_pad_token(tokenizer)
         self.max_length, self.batch_size, self.is_encoder_decoder = max_length, batch_size, model.is_encoder_decoder
@@ -120,6 +127,13 @@ class AVARewardModel(_PairEvaluation):
         batch = self.collator(features)
         batch.pop("is_preference")
         return self.model(**{k: v.to(self.device) for k, v in batch.items()}, with_q=False)
+
+    @torch.no_grad()
+    def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
+        """``token_reward`` (the library's definition, ``token_rewards``) and ``mu`` (the unweighted reward mean)."""
+        out = self.forward_features(features)
+        readings = {"token_reward": token_rewards(out), "mu": out.reward_mean}
+        return {name: [row[valid].float().cpu() for row, valid in zip(values, out.mask)] for name, values in readings.items()}
 
     def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
         """One ResponseRewards per (prompt, response); prompts/responses are strings or conversational messages."""
@@ -199,6 +213,30 @@ class BTRewardModel(_PairEvaluation):
         return self.model(input_ids=batch["input_ids"].to(self.device),
                           attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0].float()
 
+    @torch.no_grad()
+    def prefix_rewards(self, features: list[dict]) -> list[torch.Tensor]:
+        """Reward redistribution of the sequence score ("RED", Li et al. 2024): the score of every response prefix,
+        r(x, y_1..t) - r(x, y_1..t-1) per response token, the first against the prompt alone, so a row sums to
+        r(x, y) - r(x). For a causal backbone the score of a prefix is the score head on its last hidden state, so
+        one forward gives every prefix."""
+        head = getattr(self.model, "score", None)
+        if head is None:
+            raise ConfigError(f"{type(self.model).__name__} has no `score` head to read at every prefix")
+        batch = collate_sequences(features, ("completion",), self.tokenizer.pad_token_id)
+        hidden = self.model.base_model(input_ids=batch["input_ids"].to(self.device),
+                                       attention_mask=batch["attention_mask"].to(self.device)).last_hidden_state
+        prefix_scores = head(hidden)[..., 0].float().cpu()
+        rows = []
+        for scores, feature in zip(prefix_scores, features):
+            start, length = len(feature["prompt_ids"]), len(feature["completion_ids"])
+            if start == 0:
+                raise ConfigError("prefix rewards need a prompt of at least one token (the first token's baseline)")
+            rows.append(scores[start:start + length] - scores[start - 1:start + length - 1])
+        return rows
+
+    def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
+        return {"prefix_difference": self.prefix_rewards(features)}
+
     def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
         rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
         return {"last": self._scores(rows, progress)}
@@ -206,6 +244,50 @@ class BTRewardModel(_PairEvaluation):
     def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
         scores = self._scores(self._pairs(dataset), progress)
         return {"last": scores[0::2]}, {"last": scores[1::2]}
+
+
+class DPOImplicitRewardModel(_PairEvaluation):
+    """DPO's implicit reward as a reward model: per response token beta * (log pi(y_t | x, y_<t) - log
+    pi_ref(y_t | x, y_<t)) (the dense reward RTO, Zhong et al. 2024, gives PPO), summed for the sequence score
+    (``sum``, DPO's own margin). ``policy`` and ``reference`` are causal LMs sharing ``tokenizer``."""
+
+    scorings = ("sum",)
+
+    def __init__(self, policy, reference, tokenizer: PreTrainedTokenizerBase, *, beta: float,
+                 max_length: int | None = None, batch_size: int = 32, device: str | torch.device | None = None):
+        self.policy, self.reference = policy.eval(), reference.eval()
+        self.tokenizer, self.beta = ensure_pad_token(tokenizer), beta
+        self.max_length, self.batch_size = max_length, batch_size
+        self.device = torch.device(device) if device is not None else next(policy.parameters()).device
+        self.policy.to(self.device)
+        self.reference.to(self.device)
+
+    @torch.no_grad()
+    def _response_log_probs(self, model, batch: dict, features: list[dict]) -> list[torch.Tensor]:
+        logits = model(input_ids=batch["input_ids"].to(self.device),
+                       attention_mask=batch["attention_mask"].to(self.device)).logits.float()
+        log_probs = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None].to(self.device))[..., 0]
+        rows = []
+        for values, feature in zip(log_probs.cpu(), features):
+            start, length = len(feature["prompt_ids"]), len(feature["completion_ids"])
+            if start == 0:
+                raise ConfigError("implicit rewards need a prompt of at least one token (it predicts the first)")
+            rows.append(values[start - 1:start - 1 + length])  # position j predicts token j + 1
+        return rows
+
+    def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
+        batch = collate_sequences(features, ("completion",), self.tokenizer.pad_token_id)
+        policy = self._response_log_probs(self.policy, batch, features)
+        reference = self._response_log_probs(self.reference, batch, features)
+        return {"implicit": [self.beta * (p - r) for p, r in zip(policy, reference)]}
+
+    def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
+        chosen, rejected = [], []
+        for features in _batches(self._tokenized(self._pairs(dataset)), self.batch_size, progress):
+            for key, scores in (("chosen", chosen), ("rejected", rejected)):
+                rows = [{"prompt_ids": f["prompt_ids"], "completion_ids": f[f"{key}_ids"]} for f in features]
+                scores += [float(r.sum()) for r in self.token_readings(rows)["implicit"]]
+        return {"sum": chosen}, {"sum": rejected}
 
 
 def load_reward_model(path: str, **kwargs) -> AVARewardModel | BTRewardModel:

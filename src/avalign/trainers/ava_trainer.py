@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections import defaultdict
@@ -31,7 +32,7 @@ from .. import __version__
 from .ava_config import AVA_OBJECTIVES, AVAConfig
 
 _CARD_OPTIONS = (
-    "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "reduction", "use_reward_weights",
+    "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "cer_target", "td_reference", "reduction", "use_reward_weights",
     "use_negative", "use_irl", "use_cer", "pretrained_q", "rescale_reward_weights", "weights_apply_to",
     "log_std_min", "log_std_max", "max_length", "too_long", "learning_rate", "per_device_train_batch_size", "seed",
 )
@@ -96,6 +97,7 @@ class AVATrainer(Trainer):
             model = TQRModel.from_pretrained(model, args.tqr_config())
         if processing_class is None:
             raise ConfigError("pass processing_class (the tokenizer) when model is a TQRModel object")
+        model.tqr_config.scoring = args.scoring  # not part of the heads: the score this run trains it to rank by
         differ = {k: (v, getattr(args, k)) for k, v in asdict(model.tqr_config).items() if getattr(args, k) != v}
         if differ:  # the heads are built by then, so the model's own options are what trains
             warnings.warn(f"the model's options (model, AVAConfig) differ and the model's are used: {differ}", stacklevel=2)
@@ -124,6 +126,9 @@ class AVATrainer(Trainer):
             **kwargs,
         )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.ref_model = None
+        if args.td_reference and args.objective != "preftrans":  # the initial model, frozen, for Q_ref
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.args.device)
 
     # -- data -----------------------------------------------------------------------------------------------
     def _tokenize(self, dataset, split, tokenizer, is_encoder_decoder, args) -> Dataset | None:
@@ -150,7 +155,8 @@ class AVATrainer(Trainer):
         return tokenized
 
     # -- loss -----------------------------------------------------------------------------------------------
-    def _objective(self, output: TQROutput, is_pair: bool) -> tuple[AVAObjective, dict[str, torch.Tensor] | None]:
+    def _objective(self, output: TQROutput, is_pair: bool, td_baseline: torch.Tensor | None = None,
+                   ) -> tuple[AVAObjective, dict[str, torch.Tensor] | None]:
         """The objective of a batch, and (for preference batches) the sequence scores of both halves."""
         args: AVAConfig = self.args
         if args.objective != "ava-d" and not is_pair:
@@ -158,6 +164,8 @@ class AVATrainer(Trainer):
                             field="chosen/rejected")
         half = output.mask.shape[0] // 2 if is_pair else output.mask.shape[0]
         chosen, rejected = _rows(output, slice(0, half)), _rows(output, slice(half, None))
+        if td_baseline is not None:
+            chosen["td_baseline"], rejected["td_baseline"] = td_baseline[:half], td_baseline[half:]
         scores = None
         if is_pair:
             scores = {
@@ -170,8 +178,8 @@ class AVATrainer(Trainer):
         chosen_terms = sequence_terms(**chosen, **options)
         if args.objective == "ava-p":
             objective = ava_p_objective(
-                chosen_terms, sequence_terms(**rejected, **options), scores["chosen"]["last"],
-                scores["rejected"]["last"], beta=args.beta, lam=args.lam, cer_coef=args.cer_coef,
+                chosen_terms, sequence_terms(**rejected, **options), scores["chosen"][args.cer_target],
+                scores["rejected"][args.cer_target], beta=args.beta, lam=args.lam, cer_coef=args.cer_coef,
                 cer_form=args.cer_form, use_negative=args.use_negative, use_irl=args.use_irl, use_cer=args.use_cer,
             )
         else:
@@ -183,7 +191,11 @@ class AVATrainer(Trainer):
         inputs = dict(inputs)
         is_pair = bool(inputs.pop("is_preference"))
         output: TQROutput = model(**inputs, with_q=self.args.objective != "preftrans")
-        objective, scores = self._objective(output, is_pair)
+        td_baseline = None
+        if self.ref_model is not None:
+            with torch.no_grad():
+                td_baseline = self.ref_model(**inputs).q_values
+        objective, scores = self._objective(output, is_pair, td_baseline)
         loss = objective.loss
         mode = "train" if model.training else "eval"
         if mode == "train" and not torch.isfinite(loss):
