@@ -61,6 +61,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--markdown", metavar="FILE")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--timeout", type=int, default=600, help="seconds per measurement")
     # Internal: one measurement in this process, printed as JSON.
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
                "TQDM_DISABLE": "1", "HF_DATASETS_CACHE": os.path.join(workdir, "datasets-cache")}
         for length in args.lengths:
             row = report["lengths"][str(length)] = {}
-            for method in METHODS:
+            for method in args.methods:
                 print(f"[memory_vs_length] T={length} {method} ...", file=sys.stderr, flush=True)
                 command = [sys.executable, os.path.abspath(__file__), "--worker", method, "--length", str(length),
                            "--model-dir", model_dir]
