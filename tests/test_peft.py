@@ -83,7 +83,7 @@ def test_lora_trains_adapter_and_heads_saves_both_and_reloads_and_merges_exactly
             torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-4, atol=1e-5)
 
 
-def test_cli_lora_flags_train_evaluate_generate_and_merge(bases, tokenizer, tmp_path, capsys):
+def test_cli_lora_flags_train_evaluate_generate_bon_and_merge(bases, tokenizer, tmp_path, capsys):
     out = tmp_path / "lora"
     assert main(["train", "--model_name_or_path", bases["llama"], "--output_dir", str(out), *COMMON, "--use_peft",
                  "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj",
@@ -98,6 +98,9 @@ def test_cli_lora_flags_train_evaluate_generate_and_merge(bases, tokenizer, tmp_
     assert main(["generate", "--policy", str(out), "--output", str(tmp_path / "gen.jsonl"), "--max_prompts", "2",
                  "--max_new_tokens", "4", "--synthetic_eval_size", "24"]) == 0
     assert last_json_line(capsys.readouterr().out)["rows"] == 2
+    assert main(["bon", "--policy", str(out), "--reward_model", str(out), "--output", str(tmp_path / "bon.jsonl"),
+                 "--max_prompts", "2", "--n", "2", "--max_new_tokens", "4", "--synthetic_eval_size", "24"]) == 0
+    assert last_json_line(capsys.readouterr().out)["prompts"] == 2
     assert main(["merge", "--model_name_or_path", str(out), "--output_dir", str(tmp_path / "merged")]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--model_name_or_path", str(tmp_path / "merged"), "--synthetic_eval_size", "24"]) == 0
