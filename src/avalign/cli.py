@@ -18,6 +18,7 @@ COMMANDS = {
     "data": ("avalign.commands.data", "dataset statistics (`avalign data stats ...`)"),
     "tokenizer": ("avalign.commands.tokenizer", "train an offline byte-level BPE tokenizer"),
     "convert": ("avalign.commands.convert", "convert checkpoints (`avalign convert llama2c ...`)"),
+    "merge": ("avalign.commands.merge", "fold a LoRA adapter into its base model and write a plain model"),
 }
 
 

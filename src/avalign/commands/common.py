@@ -6,21 +6,36 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from trl import ModelConfig
 
 from ..backbones import build_backbone
 from ..data.synthetic import SYNTHETIC, SyntheticTask, synthetic_datasets
+from ..errors import ConfigError
 from ..modeling import TQRModel
 
 
 @dataclass
-class DataArguments:
-    """Where the model and the data come from (the rest is AVAConfig)."""
+class ModelArguments(ModelConfig):
+    """TRL's ModelConfig, the same flags (--dtype, --attn_implementation, --model_revision, --use_peft, --lora_*,
+    --load_in_4bit/8bit, ...); only --model_name_or_path says what avalign makes of it."""
 
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Hub id or local path of a backbone (causal LM or encoder-decoder) or a saved TQR model. "
                   "Default: a tiny GPT-2 built from a config (synthetic task only)."},
     )
+
+    def init_kwargs(self, args) -> dict:
+        """The backbone's from_pretrained keyword arguments, as TRL's scripts build them (``args``: AVAConfig, whose
+        ``model_init_kwargs`` win)."""
+        return {"revision": self.model_revision, "trust_remote_code": args.trust_remote_code,
+                "attn_implementation": self.attn_implementation, "dtype": self.dtype, **(args.model_init_kwargs or {})}
+
+
+@dataclass
+class DataArguments:
+    """Where the data come from (the model: ModelArguments; the rest: AVAConfig)."""
+
     dataset_name: str | None = field(
         default=None,
         metadata={"help": "Hub id or local .jsonl/.json/.parquet/.csv (.gz too) file, or 'synthetic' (the default): "
@@ -58,7 +73,8 @@ class LoadedRun:
     backbone_path: str | None = None  # the given model, or the from-scratch backbone saved for a TRL baseline
 
 
-def load_data_and_model(data_args: DataArguments, args, backbone_dir: str | None = None) -> LoadedRun:
+def load_data_and_model(data_args: DataArguments, model_args: ModelArguments, args,
+                        backbone_dir: str | None = None) -> LoadedRun:
     """Datasets (train rows in the format the objective needs; eval always pairs), tokenizer and model.
 
     A given ``--model_name_or_path`` is not loaded here: ``backbone_path`` names it, and the trainer loads it (AVATrainer
@@ -78,13 +94,16 @@ def load_data_and_model(data_args: DataArguments, args, backbone_dir: str | None
             seed=data_args.dataset_seed, max_rows=data_args.max_rows,
         )
         train, eval_set = loaded.train, loaded.eval
-        if data_args.model_name_or_path is not None:
-            tokenizer = AutoTokenizer.from_pretrained(data_args.model_name_or_path)
+        if model_args.model_name_or_path is not None:
+            tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                                      trust_remote_code=args.trust_remote_code)
         else:  # a from-scratch backbone: its tokenizer is trained here, offline, on the training split only
             texts = (text for row in train for text in row_texts(row))
             tokenizer = train_bpe_tokenizer(texts, data_args.tokenizer_vocab_size)
-    model, backbone_path = None, data_args.model_name_or_path
+    model, backbone_path = None, model_args.model_name_or_path
     if backbone_path is None:
+        if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
+            raise ConfigError("--use_peft and --load_in_4bit/8bit adapt a pretrained backbone: pass --model_name_or_path")
         backbone = build_backbone(
             data_args.backbone_arch, len(tokenizer), hidden_size=data_args.backbone_hidden_size,
             num_layers=data_args.backbone_layers, pad_token_id=tokenizer.pad_token_id,

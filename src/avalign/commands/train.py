@@ -11,12 +11,12 @@ import sys
 import tempfile
 
 import torch
-from trl import TrlParser
+from trl import TrlParser, get_peft_config, get_quantization_config
 
 from ..errors import ConfigError
-
+from ..modeling import check_quantization, parameter_counts
 from ..trainers.ava_config import TRL_OBJECTIVES, AVAConfig
-from .common import DataArguments, LoadedRun, load_data_and_model
+from .common import DataArguments, LoadedRun, ModelArguments, load_data_and_model
 
 
 # Settings of the embedded default task; flags and --config still override them.
@@ -27,17 +27,25 @@ SYNTHETIC_DEFAULTS = dict(
 )
 
 
-def run(data_args: DataArguments, args: AVAConfig) -> dict:
-    """Train, save, evaluate; returns the final metrics (also what the CLI prints)."""
+def run(data_args: DataArguments, args: AVAConfig, model_args: ModelArguments | None = None) -> dict:
+    """Train, save, evaluate; returns the final metrics (also what the CLI prints). ``model_args``: how the given
+    backbone loads and whether a LoRA adapter trains on it (TRL's ModelConfig flags)."""
+    model_args = model_args or ModelArguments()
+    if model_args.model_name_or_path is not None:  # as TRL's scripts do; a from-scratch backbone is built as is
+        args.model_init_kwargs = model_args.init_kwargs(args)
+    model_options = dict(peft_config=get_peft_config(model_args), quantization_config=get_quantization_config(model_args))
+    check_quantization(model_options["quantization_config"])  # before loading any data
     if args.objective in TRL_OBJECTIVES:
         with tempfile.TemporaryDirectory() as backbone_dir:
-            return run_baseline(load_data_and_model(data_args, args, backbone_dir=backbone_dir), args)
+            return run_baseline(load_data_and_model(data_args, model_args, args, backbone_dir=backbone_dir), args,
+                                **model_options)
     from ..trainers.ava_trainer import AVATrainer
 
-    loaded = load_data_and_model(data_args, args)
+    loaded = load_data_and_model(data_args, model_args, args)
     model = loaded.model if loaded.model is not None else loaded.backbone_path
     trainer = AVATrainer(
-        model, args=args, train_dataset=loaded.train, eval_dataset=loaded.eval, processing_class=loaded.tokenizer
+        model, args=args, train_dataset=loaded.train, eval_dataset=loaded.eval, processing_class=loaded.tokenizer,
+        **model_options,
     )
     metrics = _train_and_save(trainer, args)
     if loaded.eval is not None:
@@ -53,18 +61,24 @@ def run(data_args: DataArguments, args: AVAConfig) -> dict:
 
 
 def _train_and_save(trainer, args: AVAConfig) -> dict:
+    counts = parameter_counts(trainer.model)
+    if args.process_index == 0:
+        print(f"[avalign] trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
+              f"({counts['trainable_params'] / counts['total_params']:.2%})")
     train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
-    return {"train_loss": train_output.training_loss, "train_runtime_s": train_output.metrics["train_runtime"]}
+    return {"train_loss": train_output.training_loss, "train_runtime_s": train_output.metrics["train_runtime"],
+            **counts}
 
 
-def run_baseline(loaded: LoadedRun, args: AVAConfig) -> dict:
-    """A TRL baseline on the same data, tokenizer and initial backbone; a BT model is evaluated like AVA."""
+def run_baseline(loaded: LoadedRun, args: AVAConfig, **model_options) -> dict:
+    """A TRL baseline on the same data, tokenizer and initial backbone; a BT model is evaluated like AVA.
+    ``model_options``: peft_config and quantization_config, passed to TRL's trainer."""
     from ..reward_model import BTRewardModel
     from ..trainers.baselines import trl_trainer
 
     train_eval = loaded.eval if args.objective != "sft" else None  # SFT's eval rows would need completions
-    trainer = trl_trainer(loaded.backbone_path, loaded.tokenizer, loaded.train, train_eval, args)
+    trainer = trl_trainer(loaded.backbone_path, loaded.tokenizer, loaded.train, train_eval, args, **model_options)
     metrics = _train_and_save(trainer, args)
     if args.objective == "bt" and loaded.eval is not None:
         scorer = BTRewardModel(trainer.model, loaded.tokenizer, max_length=args.max_length,
@@ -77,16 +91,16 @@ def run_baseline(loaded: LoadedRun, args: AVAConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = TrlParser((DataArguments, AVAConfig))
-    data_args, args = parser.parse_args_and_config(list(argv))  # it consumes --config from the list
+    parser = TrlParser((DataArguments, AVAConfig, ModelArguments))
+    data_args, args, model_args = parser.parse_args_and_config(list(argv))  # it consumes --config from the list
     if data_args.dataset_name is None:
         parser.set_defaults(**SYNTHETIC_DEFAULTS)
-        data_args, args = parser.parse_args_and_config(list(argv))
+        data_args, args, model_args = parser.parse_args_and_config(list(argv))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.use_cpu and not torch.cuda.is_available():
         # transformers would otherwise let every process train alone, silently.
         raise ConfigError("launched with several processes but no GPU: pass --use_cpu true to train data-parallel "
                           "on CPU (gloo)")
-    metrics = run(data_args, args)
+    metrics = run(data_args, args, model_args)
     if args.process_index == 0:  # one line from a multi-process run
         print(json.dumps(metrics, sort_keys=True))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -115,6 +116,15 @@ class AVAConfig(TrainingArguments):
                   "response token's weighted reward mean, or their sum (Eq. 19). Default: the CER target (sum for "
                   "the Preference Transformer).", "choices": list(SCORINGS)},
     )
+    # -- model loading (TRL's names) -------------------------------------------------------------------------
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments of the backbone's from_pretrained when the trainer loads it from a path "
+                  "or hub id (dtype, attn_implementation, revision, ...)."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model and tokenizer code from the hub repository (off: only transformers')."}
+    )
     # -- TrainingArguments defaults that suit this trainer ----------------------------------------------------
     output_dir: str | None = field(default="outputs/avalign", metadata={"help": "Where checkpoints and the model go."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
@@ -125,6 +135,8 @@ class AVAConfig(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs the tokenised columns."}
     )
+
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
     def __post_init__(self) -> None:
         if self.scoring is None:

@@ -65,7 +65,9 @@ class AVATrainer(Trainer):
     """Trains a [`TQRModel`] with the AVA objectives (or the Preference Transformer baseline on the same model).
 
     ``model`` is a TQRModel or a hub id / path (a saved TQR model, or a plain backbone that gets fresh heads from
-    ``args``). Datasets are in TRL's formats: prompt/chosen/rejected (needed by AVA-p) or prompt/completion
+    ``args``), loaded with ``args.model_init_kwargs`` and ``quantization_config`` as TRL's trainers load theirs.
+    ``peft_config`` (e.g. ``peft.LoraConfig``) trains an adapter on the backbone instead of its weights; the TQR heads
+    are always trained in full, and both are saved side by side (``TQRModel.from_pretrained`` reloads them). Datasets are in TRL's formats: prompt/chosen/rejected (needed by AVA-p) or prompt/completion
     (AVA-d), standard or conversational; they are tokenised here and the truncation counts are printed.
 
     Example:
@@ -83,6 +85,8 @@ class AVATrainer(Trainer):
         train_dataset: Dataset | None = None,
         eval_dataset: Dataset | None = None,
         processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: "PeftConfig | None" = None,
+        quantization_config: "BitsAndBytesConfig | None" = None,
         **kwargs: Any,
     ):
         args = args if args is not None else AVAConfig()
@@ -92,9 +96,18 @@ class AVATrainer(Trainer):
             raise ConfigError(f"objective {args.objective} is a TRL baseline: train it with "
                               "avalign.trainers.baselines.trl_trainer (or `avalign train --objective ...`)")
         if isinstance(model, str):
-            processing_class = processing_class or AutoTokenizer.from_pretrained(model)
+            init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
+            if quantization_config is not None:
+                init_kwargs["quantization_config"] = quantization_config
+            processing_class = processing_class or AutoTokenizer.from_pretrained(
+                model, revision=init_kwargs.get("revision"), trust_remote_code=init_kwargs["trust_remote_code"])
             set_seed(args.seed)  # fresh heads: initialised under the run's seed, not whatever state came before
-            model = TQRModel.from_pretrained(model, args.tqr_config())
+            model = TQRModel.from_pretrained(model, args.tqr_config(), **init_kwargs)
+        elif quantization_config is not None or args.model_init_kwargs:
+            raise ConfigError("quantization_config and model_init_kwargs apply when AVATrainer loads the model: pass "
+                              "its path or hub id instead of a TQRModel")
+        if peft_config is not None:
+            model.add_adapter(peft_config)  # the backbone's own weights freeze; the TQR heads keep training
         if processing_class is None:
             raise ConfigError("pass processing_class (the tokenizer) when model is a TQRModel object")
         model.tqr_config.scoring = args.scoring  # not part of the heads: the score this run trains it to rank by
