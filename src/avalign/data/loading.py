@@ -11,6 +11,7 @@ import contextlib
 import csv
 import gzip
 import io
+import itertools
 import json
 import logging
 import re
@@ -107,22 +108,26 @@ def _json_value(path: Path, number: int, text: str) -> Any:
     return value
 
 
-def _read_json(path: Path, max_rows: int | None) -> list[Record]:
-    """JSON Lines (row = line number), or for a .json file one JSON array of objects (row = element number)."""
-    records: list[Record] = []
-    with contextlib.closing(_text_lines(path)) as lines:  # closing: stopping at max_rows must close the file
+def _iter_json(path: Path) -> Iterator[Record]:
+    """JSON Lines (row = line number), or for a .json file one JSON array of objects (row = element number); JSON
+    Lines are read one line at a time."""
+    with contextlib.closing(_text_lines(path)) as lines:  # closing: a caller that stops early must close the file
+        first = True
         for number, line in lines:
             if not line.strip():
                 continue
-            if not records and _base_suffix(path) == ".json" and line.lstrip().startswith("["):
+            if first and _base_suffix(path) == ".json" and line.lstrip().startswith("["):
                 array = _json_value(path, number, line + "".join(rest for _, rest in lines))
                 if not array:
                     raise DataError("the JSON array is empty", path=str(path))
-                return [Record(str(path), index, value) for index, value in enumerate(array[:max_rows], 1)]
-            records.append(Record(str(path), number, _json_value(path, number, line)))
-            if max_rows is not None and len(records) >= max_rows:
-                break
-    return records
+                yield from (Record(str(path), index, value) for index, value in enumerate(array, 1))
+                return
+            first = False
+            yield Record(str(path), number, _json_value(path, number, line))
+
+
+def _read_json(path: Path, max_rows: int | None) -> list[Record]:
+    return list(itertools.islice(_iter_json(path), max_rows))
 
 
 def _read_csv(path: Path, max_rows: int | None) -> list[Record]:
@@ -167,6 +172,23 @@ def read_file(path: str | Path, max_rows: int | None = None) -> list[Record]:
     if not records:
         raise DataError("the file is empty (no rows)", path=str(path))
     return records
+
+
+def iter_records(name_or_path: str, max_rows: int | None = None) -> Iterator[Record]:
+    """Rows of a file, directory, saved dataset or hub id with their locations, as they are (no parsing); a local
+    .jsonl/.json file is streamed, so a caller that writes as it reads needs memory independent of its length."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and _base_suffix(path) in (".jsonl", ".json"):
+        records = itertools.islice(_iter_json(path), max_rows)
+        first = next(records, None)
+        if first is None:
+            raise DataError("the file is empty (no rows)", path=str(path))
+        yield first
+        yield from records
+        return
+    source = _read_source(name_or_path, None, max_rows)
+    yield from source.train
+    yield from source.eval or ()
 
 
 # --- sources: a file, a directory, a saved DatasetDict or a hub id --------------------------------------------------
