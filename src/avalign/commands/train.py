@@ -16,6 +16,7 @@ from trl import TrlParser
 from ..errors import ConfigError
 
 from ..trainers.ava_config import TRL_OBJECTIVES, AVAConfig
+from ..data.synthetic import SYNTHETIC
 from .common import DataArguments, LoadedRun, load_data_and_model
 
 
@@ -39,6 +40,8 @@ def run(data_args: DataArguments, args: AVAConfig) -> dict:
     trainer = AVATrainer(
         model, args=args, train_dataset=loaded.train, eval_dataset=loaded.eval, processing_class=loaded.tokenizer
     )
+    if data_args.dataset_name not in (None, SYNTHETIC):
+        trainer.model_card_data["datasets"] = [data_args.dataset_name]
     metrics = _train_and_save(trainer, args)
     if loaded.eval is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
