@@ -12,11 +12,12 @@ the prompt loses tokens from its *start* (the end of the prompt is what the resp
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
 from ..errors import ConfigError, DataError
@@ -47,6 +48,17 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
         warnings.warn(f"tokenizer has no pad token; using '{fallback}' for padding (positions are masked).", stacklevel=2)
         tokenizer.pad_token = fallback
     return tokenizer
+
+
+def load_chat_template(path: str) -> str:
+    """TRL's ``chat_template_path``: a Jinja file's text, or the chat template of the tokenizer at ``path``."""
+    if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    template = AutoTokenizer.from_pretrained(path).chat_template
+    if template is None:
+        raise ConfigError(f"chat_template_path: the tokenizer at {path} has no chat template")
+    return template
 
 
 @dataclass

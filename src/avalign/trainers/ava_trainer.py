@@ -15,9 +15,10 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
+from trl.data_utils import maybe_extract_prompt
 
 from ..data.collator import TQRCollator
-from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
+from ..data.tokenize import TokenizeReport, ensure_pad_token, load_chat_template, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError, TrainingDivergedError
 from ..evaluation.pairwise import pairwise_accuracy
 from ..losses import (
@@ -118,6 +119,8 @@ class AVATrainer(Trainer):
         if differ:  # the heads are built by then, so the model's own options are what trains
             warnings.warn(f"the model's options (model, AVAConfig) differ and the model's are used: {differ}", stacklevel=2)
         ensure_pad_token(processing_class)
+        if args.chat_template_path is not None:
+            processing_class.chat_template = load_chat_template(args.chat_template_path)
         if args.padding_free:
             _check_padding_free(model)
         backbone_config = model.backbone.config
@@ -154,6 +157,9 @@ class AVATrainer(Trainer):
             return None
         if "prompt_ids" in dataset.column_names:  # already tokenised by the caller
             return dataset
+        if "prompt" not in dataset.column_names and {"chosen", "rejected"} <= set(dataset.column_names):
+            # Implicit prompts, as TRL accepts them: the shared start of chosen and rejected is the prompt.
+            dataset = dataset.map(maybe_extract_prompt, desc=f"{split}: extracting prompts")
         columns = response_columns(dataset.column_names)
         if split == "train" and args.objective != "ava-d" and columns != ("chosen", "rejected"):
             raise DataError(
