@@ -54,8 +54,8 @@ def test_page_in_a_headless_browser(tmp_path):
         assert [t.get_attribute("textContent").replace("\u21b5", "") for t in tokens] == expected  # escaped, as text
         assert not browser.find_elements(By.CSS_SELECTOR, "main b, main script")  # nothing from the data ran or rendered
         fine = tokens[3]
-        assert "reward +0.5000" in fine.get_attribute("title") and "sigma 0.1000" in fine.get_attribute("title")
-        assert "w 0.5000" in fine.get_attribute("title") and "mu +1.0000" in fine.get_attribute("title")
+        assert "reward +0.5\n" in fine.get_attribute("title") and "sigma 0.1 " in fine.get_attribute("title")
+        assert fine.get_attribute("title").endswith("w 0.5") and "mu +1 " in fine.get_attribute("title")
         # The most negative token is drawn in the negative end's colour (its reward is the scale's 98th percentile).
         worst = tokens[-1].value_of_css_property("background-color")
         assert worst.replace("rgba", "rgb").replace(", 1)", ")") == "rgb({}, {}, {})".format(*diverging_colour(-1, 1))
@@ -95,3 +95,7 @@ def test_png_heatmap(tmp_path):
     blue = (pixels[..., 2] > 0.6) & (pixels[..., 0] < 0.2)
     assert red.sum() > 100 and blue.sum() > 100  # negative and positive cells (and the colour bar) are drawn
     assert np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0).shape[0] > 20
+    write_png(str(path), [PAIR], field="token_std")
+    pixels = matplotlib.image.imread(str(path))
+    purple = (pixels[..., 0] > 0.35) & (pixels[..., 0] < 0.55) & (pixels[..., 2] > 0.6) & (pixels[..., 1] < 0.5)
+    assert purple.sum() > 100  # sigma is drawn on its one-sided scale

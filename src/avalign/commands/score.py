@@ -35,6 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "minus the one before.")
     parser.add_argument("--html", default=None, help="Write a self-contained HTML page of per-token rewards here.")
     parser.add_argument("--png", default=None, help="Write a PNG heatmap of per-token rewards here (needs matplotlib).")
+    parser.add_argument("--png_field", default="token_rewards", choices=["token_rewards", "token_mean", "token_std"],
+                        help="What the PNG's cells show: the token reward, or an AVA model's mu or sigma.")
     parser.add_argument("--report_rows", type=int, default=50, help="Rows drawn in --html / --png (the first ones).")
     parser.add_argument("--compute_normalization", action="store_true",
                         help="Store the mean and std of the scores of all responses with the model, for `avalign serve`.")
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> int:
     if args.png:
         from ..evaluation.token_report import write_png
 
-        write_png(args.png, kept, title=title)
+        write_png(args.png, kept, title=title, field=args.png_field)
         summary["png"] = args.png
     if args.compute_normalization:
         summary["normalization"] = save_normalization(args.model_name_or_path, summary["score_mean"],

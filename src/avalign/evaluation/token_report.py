@@ -13,6 +13,8 @@ import html
 
 import numpy as np
 
+from ..errors import ConfigError
+
 NEGATIVE, POSITIVE, NEUTRAL = (202, 0, 32), (5, 113, 176), (247, 247, 247)  # ColorBrewer RdBu ends and middle
 SIGMA_HIGH = (117, 107, 177)  # ColorBrewer Purples: sigma is one-sided
 
@@ -76,9 +78,9 @@ def _tokens_html(row: dict, prefix: str, scales: dict[str, float]) -> str:
     for t, token in enumerate(tokens):
         attrs, tip = [], [f"token {t + 1}: {token!r}"]
         if rewards is not None:
-            tip.append(f"reward {rewards[t]:+.4f}")
+            tip.append(f"reward {rewards[t]:+.4g}")
         if std is not None:
-            tip.append(f"mu {mean[t]:+.4f}  sigma {std[t]:.4f}  w {weight[t]:.4f}")
+            tip.append(f"mu {mean[t]:+.4g}  sigma {std[t]:.4g}  w {weight[t]:.4g}")
         for key, field, _, one_sided in LAYERS:
             values = row.get(prefix + field)
             if values is None:
@@ -200,9 +202,10 @@ def write_html(path: str, rows: list[dict], title: str = "avalign token rewards"
 
 
 def write_png(path: str, rows: list[dict], title: str = "avalign token rewards", max_responses: int = 8,
-              line_chars: int = 90) -> None:
+              line_chars: int = 90, field: str = "token_rewards") -> None:
     """A heatmap of the first ``max_responses`` responses: tokens in reading order, wrapped at ``line_chars``
-    characters, each cell coloured by its token reward; a colour bar below."""
+    characters, each cell coloured by ``field`` (token_rewards, or an AVA model's token_mean or token_std) on the
+    page's scales; a colour bar below."""
     try:
         import matplotlib
 
@@ -211,18 +214,22 @@ def write_png(path: str, rows: list[dict], title: str = "avalign token rewards",
         from matplotlib.colors import LinearSegmentedColormap, Normalize
         from matplotlib.patches import Rectangle
     except ImportError as exc:
-        from ..errors import ConfigError
-
         raise ConfigError("--png needs matplotlib: pip install matplotlib") from exc
-    scale = reward_scale(rows)
-    cmap = LinearSegmentedColormap.from_list("rdbu", [tuple(c / 255 for c in rgb) for rgb in (NEGATIVE, NEUTRAL, POSITIVE)])
+    layer = next((layer for layer in LAYERS if layer[1] == field), None)
+    if layer is None:
+        raise ConfigError(f"unknown field '{field}'; expected one of {[layer[1] for layer in LAYERS]}")
+    _, _, name, one_sided = layer
+    scale = reward_scale(rows, field)
+    ends = (NEUTRAL, SIGMA_HIGH) if one_sided else (NEGATIVE, NEUTRAL, POSITIVE)
+    cmap = LinearSegmentedColormap.from_list(field, [tuple(c / 255 for c in rgb) for rgb in ends])
+    low = 0.0 if one_sided else -scale
     blocks = []  # (label, [(x, line, width, token, reward)], lines)
     for index, row in enumerate(rows):
         for label, prefix in _responses(row):
             if len(blocks) == max_responses:
                 break
             cells, x, line = [], 0, 0
-            rewards = row.get(prefix + "token_rewards") or [0.0] * len(row[prefix + "tokens"])
+            rewards = row.get(prefix + field) or [0.0] * len(row[prefix + "tokens"])
             for token, reward in zip(row[prefix + "tokens"], rewards):
                 text = token.replace("\n", "\u21b5")
                 width = max(len(text), 1)
@@ -241,7 +248,7 @@ def write_png(path: str, rows: list[dict], title: str = "avalign token rewards",
         axes.text(0, y + 0.5, label, fontsize=8.5, fontweight="bold", va="center", color="#333")
         y += 1.0
         for x, line, width, text, reward in cells:
-            colour = cmap(0.5 + 0.5 * max(-1.0, min(1.0, reward / scale)))
+            colour = cmap(max(0.0, min(1.0, (reward - low) / (scale - low))))
             axes.add_patch(Rectangle((x, y + line), width, 0.9, facecolor=colour, edgecolor="white", linewidth=0.6))
             luminance = 0.2126 * colour[0] + 0.7152 * colour[1] + 0.0722 * colour[2]
             axes.text(x + width / 2, y + line + 0.47, text, fontsize=7.5, family="monospace", ha="center",
@@ -252,8 +259,8 @@ def write_png(path: str, rows: list[dict], title: str = "avalign token rewards",
     axes.axis("off")
     axes.set_title(title, fontsize=9, loc="left")
     bar = figure.add_axes((0.3, 0.3 / inches, 0.4, 0.12 / inches))
-    figure.colorbar(plt.cm.ScalarMappable(Normalize(-scale, scale), cmap), cax=bar, orientation="horizontal")
+    figure.colorbar(plt.cm.ScalarMappable(Normalize(low, scale), cmap), cax=bar, orientation="horizontal")
     bar.tick_params(labelsize=7)
-    bar.set_title("token reward", fontsize=7.5, pad=2)
+    bar.set_title(name, fontsize=7.5, pad=2)
     figure.savefig(path, dpi=150)
     plt.close(figure)
