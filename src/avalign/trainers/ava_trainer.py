@@ -171,7 +171,7 @@ class AVATrainer(Trainer):
             dataset = _as_demonstrations(dataset)
         tokenized, report = tokenize_dataset(
             dataset, tokenizer, max_length=args.max_length, is_encoder_decoder=is_encoder_decoder,
-            too_long=args.too_long, source=f"{split}_dataset",
+            too_long=args.too_long, source=f"{split}_dataset", num_proc=args.dataset_num_proc,
         )
         self.tokenize_reports[split] = report
         if args.process_index == 0:
