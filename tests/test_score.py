@@ -150,9 +150,25 @@ def test_compute_normalization_stores_mean_and_std(ava_dir, synthetic, tmp_path)
     scores = [row[k] for row in _read(out) for k in ("chosen_score", "rejected_score")]
     stored = json.loads((target / NORMALIZATION_NAME).read_text())
     assert stored["mean"] == pytest.approx(np.mean(scores)) and stored["std"] == pytest.approx(np.std(scores, ddof=1))
-    assert stored["responses"] == len(scores)
+    assert stored["responses"] == len(scores) and stored["scoring"] == "last"
 
 
 def test_token_texts_keep_the_spaces_a_whole_decode_has(tokenizer):
     ids = tokenizer(" bis ter gov", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert "".join(token_texts(tokenizer, ids)) == tokenizer.decode(ids)
+
+
+def test_training_stores_the_normalisation_score_measures(tmp_path, capsys):
+    """`avalign train` measures it on its evaluation pairs; `avalign score --compute_normalization` on the same
+    pairs (streamed, a running mean and std) stores the same numbers."""
+    out = tmp_path / "run"
+    assert main(["train", "--output_dir", str(out), "--max_steps", "2", "--synthetic_train_size", "32",
+                 "--synthetic_eval_size", "24", "--disable_tqdm", "true", "--use_cpu", "true"]) == 0
+    trained = json.loads((out / NORMALIZATION_NAME).read_text())
+    (out / NORMALIZATION_NAME).unlink()
+    assert main(["score", "--model_name_or_path", str(out), "--dataset_name", "synthetic", "--max_rows", "24",
+                 "--compute_normalization"]) == 0
+    scored = json.loads((out / NORMALIZATION_NAME).read_text())
+    assert trained["responses"] == scored["responses"] == 48 and trained["scoring"] == scored["scoring"] == "last"
+    assert trained["mean"] == pytest.approx(scored["mean"], abs=1e-6)
+    assert trained["std"] == pytest.approx(scored["std"], rel=1e-6)

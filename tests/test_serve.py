@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from avalign.errors import ConfigError
 from avalign.modeling import TQRModel
 from avalign.reward_model import AVARewardModel, save_normalization
 from avalign.serve import RewardService, make_server
@@ -25,7 +26,7 @@ def model_dir(tmp_path_factory, tokenizer):
     torch.nn.init.normal_(model.reward_head.weight, std=0.5)  # zero heads would score everything 0
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
-    save_normalization(str(directory), mean=0.25, std=2.0, responses=10)
+    save_normalization(str(directory), "last", mean=0.25, std=2.0, responses=10)
     return directory
 
 
@@ -88,6 +89,11 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server, episodes):
     assert post(server, {"query": []}) == (200, {"rewards": [], "scores": [], "extra_logs": {"raw_score": []}})
     with urllib.request.urlopen(server + "/health", timeout=10) as response:
         assert json.loads(response.read())["status"] == "ok"
+
+
+def test_normalisation_must_be_of_the_served_scoring(model_dir):
+    with pytest.raises(ConfigError, match="'last' scores, but the server scores with 'sum'"):
+        RewardService.from_pretrained(str(model_dir), scoring="sum")
 
 
 def test_concurrent_clients_each_get_their_own_rewards(server, model_dir, episodes):

@@ -317,19 +317,32 @@ class DPOImplicitRewardModel(_PairEvaluation):
 NORMALIZATION_NAME = "reward_normalization.json"
 
 
-def save_normalization(directory: str, mean: float, std: float, responses: int) -> str:
-    """Store the mean and std of a reward model's sequence scores on a reference set beside its weights; returns
+def save_normalization(directory: str, scoring: str, mean: float, std: float, responses: int) -> str:
+    """Store the mean and std of a reward model's ``scoring`` scores on a reference set beside its weights; returns
     the file's path. ``(score - mean) / std`` is the normalised reward (OpenRLHF's normalize_reward)."""
     if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
         raise ConfigError(f"cannot normalise with mean {mean}, std {std} (measured on {responses} responses): "
                           "score at least two responses with different scores")
     path = Path(directory) / NORMALIZATION_NAME
-    path.write_text(json.dumps({"mean": mean, "std": std, "responses": responses}, indent=2) + "\n")
+    record = {"scoring": scoring, "mean": mean, "std": std, "responses": responses}
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return str(path)
 
 
+def normalize_on_pairs(scorer: "AVARewardModel | BTRewardModel", pairs: Dataset, directory: str) -> str:
+    """Measure the normalisation on both sides of reference pairs (the evaluation pairs at the end of `avalign
+    train`) under the model's first scoring, and store it in ``directory``."""
+    import statistics
+
+    scoring = scorer.scorings[0]
+    chosen, rejected = scorer.pair_scores(pairs)
+    scores = chosen[scoring] + rejected[scoring]
+    std = statistics.stdev(scores) if len(scores) > 1 else float("nan")
+    return save_normalization(directory, scoring, statistics.fmean(scores), std, len(scores))
+
+
 def load_normalization(directory: str) -> dict | None:
-    """The stored ``{"mean", "std", "responses"}`` of a reward model, or None when it has none."""
+    """The stored ``{"scoring", "mean", "std", "responses"}`` of a reward model, or None when it has none."""
     path = Path(directory) / NORMALIZATION_NAME
     return json.loads(path.read_text()) if path.exists() else None
 

@@ -10,7 +10,8 @@ Optional request fields: ``"normalize"`` (true/false; default: the server's sett
 
 Reply: ``{"rewards": [...], "scores": [...], "extra_logs": {"raw_score": [...]}}``, one number per query, as
 OpenRLHF's serve_rm replies; rewards and scores are the sequence scores, normalised as ``(score - mean) / std``
-with the mean and std stored beside the model (``avalign score --compute_normalization``) when normalising. With
+with the mean and std stored beside the model (at the end of `avalign train`, or by ``avalign score
+--compute_normalization``) when normalising. With
 token rewards: ``"token_rewards"`` (and ``"token_std"``) lists per query; normalisation divides them by std (their
 sum then moves by the same scale as the score; the mean is a sequence-level shift and is not spread over tokens).
 
@@ -56,6 +57,9 @@ class RewardService:
         self.response_marker, self.scoring = response_marker, scoring or scorer.scorings[0]
         if self.scoring not in scorer.scorings:
             raise ConfigError(f"the model offers scorings {list(scorer.scorings)}, not '{self.scoring}'")
+        if normalization is not None and normalization.get("scoring", self.scoring) != self.scoring:
+            raise ConfigError(f"the stored normalisation is of the '{normalization['scoring']}' scores, but the server "
+                              f"scores with '{self.scoring}': recompute it with --scoring {self.scoring}")
         tokenizer = scorer.tokenizer
         self._trailing = [t for t in (tokenizer.eos_token, tokenizer.pad_token) if t]
         self.lock = threading.Lock()

@@ -94,8 +94,8 @@ def main(argv: list[str]) -> int:
         write_png(args.png, kept, title=title, field=args.png_field)
         summary["png"] = args.png
     if args.compute_normalization:
-        summary["normalization"] = save_normalization(args.model_name_or_path, summary["score_mean"],
-                                                      summary["score_std"], summary["responses"])
+        summary["normalization"] = save_normalization(args.model_name_or_path, args.scoring or scorer.scorings[0],
+                                                      summary["score_mean"], summary["score_std"], summary["responses"])
     if args.output_file:
         summary["output_file"] = args.output_file
     print(json.dumps(summary, sort_keys=True))
