@@ -29,7 +29,7 @@ from ..losses import (
     sequence_rewards,
     sequence_terms,
 )
-from ..modeling import TQRModel, TQROutput, supports_padding_free
+from ..modeling import TQR_CONFIG_NAME, TQR_HEADS_NAME, TQRModel, TQROutput, supports_padding_free
 from .. import __version__
 from .ava_config import AVA_OBJECTIVES, AVAConfig
 
@@ -292,6 +292,16 @@ class AVATrainer(Trainer):
             handle.write(self.model_card())
         shutil.copyfile(os.path.join(os.path.dirname(os.path.dirname(__file__)), "hub_loader.py"),
                         os.path.join(output_dir, STANDALONE_LOADER))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer's push during training copies a fixed list of model files from the checkpoint to output_dir and
+        uploads output_dir; the heads, their config, the card and the standalone loader are copied here first, so
+        every pushed commit is a whole TQR model."""
+        if self.is_world_process_zero() and self.args.hub_strategy != "end":
+            for name in (TQR_CONFIG_NAME, TQR_HEADS_NAME, "README.md", STANDALONE_LOADER):
+                if os.path.isfile(os.path.join(checkpoint_folder, name)):
+                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(self, language: str | None = None, license: str | None = None,
                           tags: str | list[str] | None = None, model_name: str | None = None,
