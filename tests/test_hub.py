@@ -27,18 +27,24 @@ def trainer(tmp_path, synthetic, tokenizer):
     return AVATrainer(model, args=args, train_dataset=synthetic[0].select(range(8)), processing_class=tokenizer)
 
 
-def test_push_to_hub_uploads_the_model_and_its_card(trainer, monkeypatch):
-    uploads = []
+@pytest.fixture()
+def uploads(monkeypatch):
+    """Trainer's Hub calls, stubbed: (repo id, files, folder) of every upload_folder call."""
+    calls = []
 
     class FakeApi:
         def create_repo(self, repo_id, **kwargs):
             return SimpleNamespace(repo_id=repo_id)
 
         def upload_folder(self, repo_id, folder_path, **kwargs):
-            uploads.append((repo_id, sorted(os.listdir(folder_path)), folder_path))
-            return SimpleNamespace(commit_url=f"https://hub.invalid/{repo_id}")
+            calls.append((repo_id, sorted(os.listdir(folder_path)), folder_path))
+            return SimpleNamespace(done=lambda: True, is_done=lambda: True, cancel=lambda: None)
 
     monkeypatch.setattr("transformers.trainer.hf_api", lambda: FakeApi())
+    return calls
+
+
+def test_push_to_hub_uploads_the_model_and_its_card(trainer, uploads):
     trainer.push_to_hub(dataset="someone/pairs", license="apache-2.0", tags=["tiny"])
     (repo, files, folder), = uploads
     assert repo == "someone/ava-tiny"
@@ -53,25 +59,14 @@ def test_push_to_hub_uploads_the_model_and_its_card(trainer, monkeypatch):
     assert "eprint    = {2411.09341}" in card.text and "## Training" in card.text
 
 
-def test_pushes_during_training_upload_whole_models(tmp_path, synthetic, tokenizer, monkeypatch):
+def test_pushes_during_training_upload_whole_models(tmp_path, synthetic, tokenizer, uploads):
     """hub_strategy every_save: each checkpoint's push already holds the heads, their config and the loader."""
-    uploads = []
-
-    class FakeApi:
-        def create_repo(self, repo_id, **kwargs):
-            return SimpleNamespace(repo_id=repo_id)
-
-        def upload_folder(self, repo_id, folder_path, **kwargs):
-            uploads.append(sorted(os.listdir(folder_path)))
-            return SimpleNamespace(done=lambda: True, is_done=lambda: True, cancel=lambda: None)
-
-    monkeypatch.setattr("transformers.trainer.hf_api", lambda: FakeApi())
     args = AVAConfig(output_dir=str(tmp_path / "run"), max_steps=2, save_strategy="steps", save_steps=1,
                      push_to_hub=True, hub_model_id="someone/run", report_to=[], use_cpu=True, disable_tqdm=True)
     AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=args, train_dataset=synthetic[0].select(range(4)),
                processing_class=tokenizer).train()
     assert uploads and all({"tqr_heads.safetensors", "tqr_config.json", "ava_reward_model.py"} <= set(files)
-                           for files in uploads)
+                           for _, files, _ in uploads)
 
 
 def test_standalone_loader_scores_as_avalign_does_without_avalign(trainer, synthetic, tmp_path):
