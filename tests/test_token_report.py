@@ -99,3 +99,13 @@ def test_png_heatmap(tmp_path):
     pixels = matplotlib.image.imread(str(path))
     purple = (pixels[..., 0] > 0.35) & (pixels[..., 0] < 0.55) & (pixels[..., 2] > 0.6) & (pixels[..., 1] < 0.5)
     assert purple.sum() > 100  # sigma is drawn on its one-sided scale
+
+
+def test_legend_names_what_the_colours_are(tmp_path):
+    """AVA rows: w mu, with mu and sigma to switch to; rows with token rewards only (Bradley-Terry prefix
+    differences): the prefix difference, and no switch."""
+    page = tmp_path / "page.html"
+    write_html(str(page), [PAIR])
+    assert "token reward (w\u00b7mu)" in page.read_text() and 'id="colour"' in page.read_text()
+    write_html(str(page), [DEMO])
+    assert "token reward: r(y\u2264t) \u2212 r(y&lt;t)" in page.read_text() and 'id="colour"' not in page.read_text()

@@ -177,6 +177,8 @@ def write_html(path: str, rows: list[dict], title: str = "avalign token rewards"
     """Write the page for scored rows (the output rows of ``scored_rows``)."""
     layers = [(key, field, name, one_sided) for key, field, name, one_sided in LAYERS
               if any(row.get(prefix + field) for row in rows for _, prefix in _responses(row))]
+    if layers and not any(key == "m" for key, *_ in layers):  # a Bradley-Terry model's prefix differences
+        layers[0] = ("r", "token_rewards", "token reward: r(y\u2264t) \u2212 r(y<t)", False)
     scales = {key: reward_scale(rows, field) for key, field, _, _ in layers}
     pairs = any("chosen_score" in row for row in rows)
     options = [("file", "file order"), ("score-desc", "score, high first"), ("score-asc", "score, low first")]
