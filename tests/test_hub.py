@@ -83,8 +83,10 @@ def test_standalone_loader_scores_as_avalign_does_without_avalign(trainer, synth
                             env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr
     standalone = json.loads(result.stdout.strip().splitlines()[-1])
-    for got, want in zip(standalone, AVARewardModel.from_pretrained(directory).score(prompts, responses)):
-        assert got["score"] == pytest.approx(want.last, abs=1e-5) and got["sum"] == pytest.approx(want.sum, abs=1e-5)
+    scorer = AVARewardModel.from_pretrained(directory)
+    for got, want in zip(standalone, scorer.score(prompts, responses)):
+        assert got["last"] == pytest.approx(want.last, abs=1e-5) and got["sum"] == pytest.approx(want.sum, abs=1e-5)
+        assert got["score"] == pytest.approx(getattr(want, scorer.scorings[0]), abs=1e-5)
         assert got["token_rewards"] == pytest.approx(want.token_rewards, abs=1e-5)
         assert got["token_std"] == pytest.approx(want.reward_std, abs=1e-5)
         assert got["token_weight"] == pytest.approx(want.reward_weights, abs=1e-5)

@@ -53,22 +53,6 @@ def _pairs(synthetic, n=6):
             for i, (p, c, r) in enumerate(zip(*(synthetic[1][k][:n] for k in ("prompt", "chosen", "rejected"))))]
 
 
-def test_bt_prefix_rewards_are_differences_of_prefix_scores(bt_dir, synthetic, tokenizer):
-    """Independent reference: the classifier run on every prefix alone (prompt + y_1..t), pooled at its last token."""
-    scorer = BTRewardModel.from_pretrained(str(bt_dir), batch_size=4)
-    prompts, responses = synthetic[1]["prompt"][:5], synthetic[1]["chosen"][:5]
-    results = scorer.score(prompts, responses, prefix_rewards=True)
-    for prompt, response, result in zip(prompts, responses, results):
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        ids = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        with torch.no_grad():
-            prefix_scores = [scorer.model(input_ids=torch.tensor([ids[:n]])).logits[0, 0].item()
-                             for n in range(len(prompt_ids), len(ids) + 1)]
-        assert result.token_rewards == pytest.approx(np.diff(prefix_scores).tolist(), abs=1e-5)
-        assert result.last == pytest.approx(prefix_scores[-1], abs=1e-5)
-        assert result.token_ids == ids[len(prompt_ids):]
-
-
 def test_score_ava_pairs_and_demonstrations(ava_dir, synthetic, tokenizer, tmp_path):
     pairs = _pairs(synthetic)
     source, out = _write(tmp_path / "pairs.jsonl", pairs), tmp_path / "out.jsonl"

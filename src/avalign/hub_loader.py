@@ -6,15 +6,15 @@ model. Causal-LM backbones only; one (prompt, response) at a time, without batch
     from ava_reward_model import load_ava_reward_model
     model = load_ava_reward_model("path/or/hub-id")       # a hub id needs huggingface_hub (a transformers dependency)
     out = model.score("Why is the sky blue?", " Rayleigh scattering.")
-    out["score"], out["sum"], out["tokens"], out["token_rewards"], out["token_mean"], out["token_std"], out["token_weight"]
+    out["score"], out["last"], out["sum"], out["tokens"], out["token_rewards"], out["token_mean"], out["token_std"]
 
 What a directory holds: the backbone in its own Hugging Face format, ``tqr_config.json`` (the heads' options) and
 ``tqr_heads.safetensors``: ``reward_head`` (Linear hidden -> 2: reward mean mu_t and log sigma_t, clamped to
 [log_std_min, log_std_max]) and ``reward_weights.query`` / ``reward_weights.key`` (one attention layer whose column
 means over the response positions are the weights w_t, times the number of positions when rescale_reward_weights).
-The reward of response token t (EOS included) is read from the hidden state that has seen it. ``score`` is
-w_T mu_T at the last token ("last"; what `avalign evaluate` ranks by), ``sum`` the sum of w_t mu_t (Eq. 19), and
-``token_rewards`` w_t mu_t. Heads run in float32 (a bf16 model scores within bf16 rounding of avalign's scores).
+The reward of response token t (EOS included) is read from the hidden state that has seen it. ``last`` is
+w_T mu_T at the last token, ``sum`` the sum of w_t mu_t (Eq. 19), ``score`` the one of them the model was trained
+to rank by (``scoring`` in tqr_config.json; what `avalign evaluate` ranks by), and ``token_rewards`` w_t mu_t. Heads run in float32 (a bf16 model scores within bf16 rounding of avalign's scores).
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ class StandaloneAVARewardModel:
         else:
             weights = torch.ones_like(mean)
         token_rewards = weights * mean
+        last, total = float(token_rewards[-1]), float(token_rewards.sum())
         return {
-            "score": float(token_rewards[-1]), "sum": float(token_rewards.sum()),
+            "score": total if self.config.get("scoring") == "sum" else last, "last": last, "sum": total,
             "tokens": tokenizer.convert_ids_to_tokens(response_ids), "token_rewards": token_rewards.tolist(),
             "token_mean": mean.tolist(), "token_std": log_std.exp().tolist(), "token_weight": weights.tolist(),
         }

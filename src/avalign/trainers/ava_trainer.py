@@ -355,7 +355,8 @@ class AVATrainer(Trainer):
             "from avalign import AVARewardModel", "",
             f'model = AVARewardModel.from_pretrained("{repo}")',
             'rewards = model.score(["Why is the sky blue?"], [" Rayleigh scattering."])[0]',
-            "rewards.last, rewards.token_rewards, rewards.reward_std  # sequence score, w_t mu_t, sigma_t", "```", "",
+            f"rewards.{model.tqr_config.scoring}, rewards.token_rewards, rewards.reward_std  # sequence score, w_t mu_t, "
+            "sigma_t", "```", "",
             "Or `avalign score --model_name_or_path " + repo + " --dataset_name rows.jsonl --output_file scored.jsonl "
             "--html report.html`, and `avalign serve` for OpenRLHF's `--remote_rm_url`.", "",
             f"Without avalign (needs torch, transformers and safetensors; causal-LM backbones): `{STANDALONE_LOADER}` "
