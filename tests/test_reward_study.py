@@ -12,7 +12,8 @@ from conftest import SHARED_DATA
 from avalign.data.cleaning import CleaningReport
 from avalign.data.formats import Record
 from avalign.data.splits import group_key, split_by_prompt, fold_range
-from avalign.evaluation.pairwise import paired_difference
+from avalign.errors import ConfigError
+from avalign.evaluation.pairwise import bootstrap_interval, paired_difference
 from avalign.evaluation.rewardbench import EXAMPLE_COUNTS, rewardbench_metrics, rewardbench_rows
 
 
@@ -43,6 +44,33 @@ def test_paired_difference_estimate_and_interval():
     # a larger evaluation set per seed narrows the interval
     _, narrow_low, narrow_high = paired_difference([np.tile(s, 10) for s in seeds])
     assert narrow_high - narrow_low < high - low
+
+
+def test_shared_pairs_are_resampled_jointly_across_seeds():
+    """Seeds that score the same pairs share the evaluation set's luck: with identical seeds the interval is the
+    single-level bootstrap of one seed (scipy's), not the narrower one of independent resamples."""
+    rng = np.random.default_rng(1)
+    pairs = rng.integers(0, 2, size=200).astype(float)
+    seeds = [pairs] * 4
+    _, low, high = paired_difference(seeds, shared=True, resamples=4000)
+    single_low, single_high = bootstrap_interval(pairs, resamples=4000)
+    assert (low, high) == pytest.approx((single_low, single_high), abs=0.012)
+    _, independent_low, independent_high = paired_difference(seeds, resamples=4000)
+    assert high - low > 1.5 * (independent_high - independent_low)  # about 2x: independent resamples average out
+
+
+def test_clusters_resample_the_pairs_of_one_prompt_together():
+    """Five pairs per prompt, all alike: the clustered interval is the one of the 60 prompts, not of 300 pairs."""
+    rng = np.random.default_rng(2)
+    per_prompt = rng.integers(0, 2, size=60).astype(float)
+    pairs, prompts = np.repeat(per_prompt, 5), np.repeat(np.arange(60), 5)
+    _, low, high = paired_difference([pairs] * 3, shared=True, clusters=prompts, resamples=4000)
+    prompt_low, prompt_high = bootstrap_interval(per_prompt, resamples=4000)
+    assert (low, high) == pytest.approx((prompt_low, prompt_high), abs=0.02)
+    _, pair_low, pair_high = paired_difference([pairs] * 3, shared=True, resamples=4000)
+    assert high - low > 1.8 * (pair_high - pair_low)
+    with pytest.raises(ConfigError, match="not one set"):
+        paired_difference([pairs, pairs[:-1]], shared=True)
 
 
 def test_rewardbench_section_weighting_by_hand():

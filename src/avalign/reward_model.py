@@ -6,6 +6,8 @@ responses)`` (a list per scoring) and ``evaluate_pairs(dataset)``."""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,16 @@ class ResponseRewards:
     token_rewards: list[float]
     last: float  # weighted reward mean at the last response token
     sum: float  # Eq. 19: sum of weighted reward means over the response
+
+
+@dataclass
+class SequenceReward:
+    """A Bradley-Terry model's reward of one response: its score and, on request, the prefix differences
+    (``BTRewardModel.prefix_rewards``) over the response tokens (EOS included)."""
+
+    token_ids: list[int]
+    last: float
+    token_rewards: list[float] | None = None
 
 
 def pair_metrics(chosen: dict[str, list[float]], rejected: dict[str, list[float]]) -> dict:
@@ -237,6 +249,18 @@ class BTRewardModel(_PairEvaluation):
     def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
         return {"prefix_difference": self.prefix_rewards(features)}
 
+    def score(self, prompts: list, responses: list, progress: bool = False,
+              prefix_rewards: bool = False) -> list[SequenceReward]:
+        """One SequenceReward per (prompt, response), with prefix-difference token rewards when asked."""
+        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        results = []
+        for features in _batches(self._tokenized(rows), self.batch_size, progress):
+            scores = self.forward_features(features).tolist()
+            dense = self.prefix_rewards(features) if prefix_rewards else [None] * len(features)
+            results += [SequenceReward(list(f["completion_ids"]), s, None if d is None else d.tolist())
+                        for f, s, d in zip(features, scores, dense)]
+        return results
+
     def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
         rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
         return {"last": self._scores(rows, progress)}
@@ -288,6 +312,39 @@ class DPOImplicitRewardModel(_PairEvaluation):
                 rows = [{"prompt_ids": f["prompt_ids"], "completion_ids": f[f"{key}_ids"]} for f in features]
                 scores += [float(r.sum()) for r in self.token_readings(rows)["implicit"]]
         return {"sum": chosen}, {"sum": rejected}
+
+
+NORMALIZATION_NAME = "reward_normalization.json"
+
+
+def save_normalization(directory: str, scoring: str, mean: float, std: float, responses: int) -> str:
+    """Store the mean and std of a reward model's ``scoring`` scores on a reference set beside its weights; returns
+    the file's path. ``(score - mean) / std`` is the normalised reward (OpenRLHF's normalize_reward)."""
+    if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
+        raise ConfigError(f"cannot normalise with mean {mean}, std {std} (measured on {responses} responses): "
+                          "score at least two responses with different scores")
+    path = Path(directory) / NORMALIZATION_NAME
+    record = {"scoring": scoring, "mean": mean, "std": std, "responses": responses}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return str(path)
+
+
+def normalize_on_pairs(scorer: "AVARewardModel | BTRewardModel", pairs: Dataset, directory: str) -> str:
+    """Measure the normalisation on both sides of reference pairs (the evaluation pairs at the end of `avalign
+    train`) under the model's first scoring, and store it in ``directory``."""
+    import statistics
+
+    scoring = scorer.scorings[0]
+    chosen, rejected = scorer.pair_scores(pairs)
+    scores = chosen[scoring] + rejected[scoring]
+    std = statistics.stdev(scores) if len(scores) > 1 else float("nan")
+    return save_normalization(directory, scoring, statistics.fmean(scores), std, len(scores))
+
+
+def load_normalization(directory: str) -> dict | None:
+    """The stored ``{"scoring", "mean", "std", "responses"}`` of a reward model, or None when it has none."""
+    path = Path(directory) / NORMALIZATION_NAME
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def load_reward_model(path: str, **kwargs) -> AVARewardModel | BTRewardModel:

@@ -41,6 +41,16 @@ class DataArguments:
         metadata={"help": "Hub id or local .jsonl/.json/.parquet/.csv (.gz too) file, or 'synthetic' (the default): "
                   "the embedded task with gold per-token rewards."},
     )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "As in TRL: the hub dataset's configuration (datasets.load_dataset's name)."}
+    )
+    dataset_train_split: str | None = field(
+        default=None, metadata={"help": "As in TRL: the split to train on (default: train, or the only split)."}
+    )
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "As in TRL: the split to evaluate on (default: test, validation, valid, eval "
+                                "or dev, whichever exists; none: --eval_fraction of the prompts)."}
+    )
     dataset_family: str | None = field(
         default=None, metadata={"help": "Parser for the dataset (e.g. hh-rlhf, tldr, gsm8k-pairs); default: detected."}
     )
@@ -91,7 +101,8 @@ def load_data_and_model(data_args: DataArguments, model_args: ModelArguments, ar
 
         loaded = load_dataset(
             data_args.dataset_name, family=data_args.dataset_family, eval_fraction=data_args.eval_fraction,
-            seed=data_args.dataset_seed, max_rows=data_args.max_rows,
+            seed=data_args.dataset_seed, max_rows=data_args.max_rows, dataset_config=data_args.dataset_config,
+            train_split=data_args.dataset_train_split, test_split=data_args.dataset_test_split,
         )
         train, eval_set = loaded.train, loaded.eval
         if model_args.model_name_or_path is not None:

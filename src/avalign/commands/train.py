@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 
 import torch
 from trl import TrlParser, get_peft_config, get_quantization_config
@@ -16,6 +17,7 @@ from trl import TrlParser, get_peft_config, get_quantization_config
 from ..errors import ConfigError
 from ..modeling import check_quantization, parameter_counts
 from ..trainers.ava_config import TRL_OBJECTIVES, AVAConfig
+from ..data.synthetic import SYNTHETIC
 from .common import DataArguments, LoadedRun, ModelArguments, load_data_and_model
 
 
@@ -47,17 +49,34 @@ def run(data_args: DataArguments, args: AVAConfig, model_args: ModelArguments | 
         model, args=args, train_dataset=loaded.train, eval_dataset=loaded.eval, processing_class=loaded.tokenizer,
         **model_options,
     )
+    if data_args.dataset_name not in (None, SYNTHETIC):
+        trainer.model_card_data["datasets"] = [data_args.dataset_name]
     metrics = _train_and_save(trainer, args)
     if loaded.eval is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
-    if loaded.task is not None and loaded.eval is not None and "chosen_gold_rewards" in loaded.eval.column_names:
-        from ..evaluation.gold import gold_metrics
+    if loaded.eval is not None:
         from ..reward_model import AVARewardModel
 
         scorer = AVARewardModel(trainer.model, loaded.tokenizer, max_length=args.max_length)
-        metrics.update(gold_metrics(scorer, loaded.eval))
+        _store_normalization(scorer, loaded.eval, args, metrics)
+        if loaded.task is not None and "chosen_gold_rewards" in loaded.eval.column_names:
+            from ..evaluation.gold import gold_metrics
+
+            metrics.update(gold_metrics(scorer, loaded.eval))
     metrics["output_dir"] = args.output_dir
     return metrics
+
+
+def _store_normalization(scorer, pairs, args: AVAConfig, metrics: dict) -> None:
+    """The reward normalisation `avalign serve --normalize_reward` applies, measured on the evaluation pairs; a
+    model whose scores are all equal (e.g. untrained heads) gets none, with a warning, and the run still succeeds."""
+    if args.should_save and "rejected" in pairs.column_names:
+        from ..reward_model import normalize_on_pairs
+
+        try:
+            metrics["reward_normalization"] = normalize_on_pairs(scorer, pairs, args.output_dir)
+        except ConfigError as exc:
+            warnings.warn(f"no reward normalisation stored: {exc}", stacklevel=2)
 
 
 def _train_and_save(trainer, args: AVAConfig) -> dict:
@@ -84,6 +103,7 @@ def run_baseline(loaded: LoadedRun, args: AVAConfig, **model_options) -> dict:
         scorer = BTRewardModel(trainer.model, loaded.tokenizer, max_length=args.max_length,
                                batch_size=args.per_device_eval_batch_size)
         pairs = scorer.evaluate_pairs(loaded.eval)
+        _store_normalization(scorer, loaded.eval, args, metrics)
         metrics.update(eval_accuracy=pairs["accuracy_last"], eval_accuracy_ci95=pairs["accuracy_last_ci95"],
                        eval_n=pairs["n"])
     metrics["output_dir"] = args.output_dir

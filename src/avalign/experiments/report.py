@@ -39,12 +39,24 @@ def summarize(config: StudyConfig, results: dict) -> dict:
     """Per (dataset, backbone) column and objective: accuracies per seed under each scoring, mean and std, the
     paired difference to BT (each under its native scoring) with a two-level bootstrap interval, gold metrics."""
     by_column: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
+    folded: dict[str, bool] = {}  # k-fold columns evaluate each seed on its own pairs; others share one set
+    specs = {spec.name: spec for spec in config.datasets}
     for key, cell in results["cells"].items():
         dataset, backbone, objective, seed = key.split("|")
         by_column[f"{dataset} ({backbone})"][objective][int(seed)] = cell
+        folded[f"{dataset} ({backbone})"] = dataset not in specs or bool(specs[dataset].folds)
     summary: dict = {}
     for column, objectives in by_column.items():
         bt = objectives.get("bt", {})
+
+        def interval(cells: dict, seeds: list[int], differences: list) -> tuple[float, float, float]:
+            """paired_difference, resampling the shared evaluation pairs jointly (by prompt, where the cells
+            record the prompts) when the column's seeds share them."""
+            if folded[column]:
+                return paired_difference(differences)
+            groups = cells[seeds[0]].get("eval_prompt_groups")
+            return paired_difference(differences, shared=True, clusters=groups)
+
         for objective, cells in objectives.items():
             seeds = sorted(cells)
             entry: dict = {"seeds": seeds, "native": native_scoring(config, objective)}
@@ -52,11 +64,12 @@ def summarize(config: StudyConfig, results: dict) -> dict:
                 values = [cells[s][f"accuracy_{scoring}"] for s in seeds]
                 entry[scoring] = {"per_seed": values, "mean": statistics.mean(values),
                                   "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-                entry[scoring]["ci95"] = paired_difference([_correct(cells[s], scoring) for s in seeds])[1:]
+                entry[scoring]["ci95"] = interval(cells, seeds, [_correct(cells[s], scoring) for s in seeds])[1:]
             shared = [s for s in seeds if s in bt]
             if objective != "bt" and shared and entry["native"] in entry:
-                entry["vs_bt"] = paired_difference(
-                    [_correct(cells[s], entry["native"]).astype(float) - _correct(bt[s], "last") for s in shared])
+                entry["vs_bt"] = interval(
+                    cells, shared, [_correct(cells[s], entry["native"]).astype(float) - _correct(bt[s], "last")
+                                    for s in shared])
                 entry["vs_bt_seeds"] = shared
             for metric in ("gold_reward_pearson", "gold_weighted_reward_pearson", "gold_accuracy"):
                 if metric in cells[seeds[0]]:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
@@ -409,6 +410,9 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
     train_seconds = time.perf_counter() - start
     chosen, rejected = scorer.pair_scores(evaluation)
     cell: dict[str, Any] = {"train_seconds": round(train_seconds, 2), "n": len(evaluation), "correct": {}}
+    # Which pairs share a prompt: the report's bootstrap resamples prompts, not pairs, when seeds share the pairs.
+    prompts = evaluation["prompt" if "prompt" in evaluation.column_names else "prompt_ids"]  # text or token ids
+    cell["eval_prompt_groups"] = np.unique([str(p) for p in prompts], return_inverse=True)[1].tolist()
     for scoring in scorer.scorings:
         correct = pairwise_correct(chosen[scoring], rejected[scoring])
         cell[f"accuracy_{scoring}"] = float(correct.mean())

@@ -110,6 +110,14 @@ class AVAConfig(TrainingArguments):
                   "positions with flash_attention_2/3 or flex_attention; with sdpa or eager, attention spans the "
                   "whole packed row and can cost more than it saves."},
     )
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "As in TRL: processes that tokenise the datasets (datasets.map's num_proc)."}
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={"help": "As in TRL: the chat template for conversational rows, from a Jinja file (.jinja/.j2) or "
+                  "the tokenizer at this path or hub id (its template only: no tokens are added)."},
+    )
     scoring: str | None = field(
         default=None,
         metadata={"help": "Sequence score for accuracy, saved with the model as the score it ranks by: the last "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import warnings
 from collections import defaultdict
 from dataclasses import asdict, fields
@@ -14,9 +15,10 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
+from trl.data_utils import maybe_extract_prompt
 
 from ..data.collator import TQRCollator
-from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
+from ..data.tokenize import TokenizeReport, ensure_pad_token, load_chat_template, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError, TrainingDivergedError
 from ..evaluation.pairwise import pairwise_accuracy
 from ..losses import (
@@ -27,15 +29,30 @@ from ..losses import (
     sequence_rewards,
     sequence_terms,
 )
-from ..modeling import TQRModel, TQROutput, supports_padding_free
+from ..modeling import TQR_CONFIG_NAME, TQR_HEADS_NAME, TQRModel, TQROutput, supports_padding_free
 from .. import __version__
 from .ava_config import AVA_OBJECTIVES, AVAConfig
+
+AVA_BIBTEX = """@inproceedings{cai2025ava,
+  title     = {Approximated Variational Bayesian Inverse Reinforcement Learning for Large Language Model Alignment},
+  author    = {Cai, Yuang and Yuan, Yuyu and Shi, Jinsheng and Lin, Qinhong},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year      = {2025},
+  eprint    = {2411.09341},
+  archivePrefix = {arXiv}
+}"""
+STANDALONE_LOADER = "ava_reward_model.py"  # avalign/hub_loader.py, copied beside every saved model
 
 _CARD_OPTIONS = (
     "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "cer_target", "td_reference", "reduction", "use_reward_weights",
     "use_negative", "use_irl", "use_cer", "pretrained_q", "rescale_reward_weights", "weights_apply_to",
     "log_std_min", "log_std_max", "max_length", "too_long", "learning_rate", "per_device_train_batch_size", "seed",
 )
+
+
+def _is_hub_id(name: str) -> bool:
+    """Whether a backbone's name is a Hub id (``gpt2``, ``org/model``) rather than a local or temporary path."""
+    return bool(name) and not os.path.exists(name) and not name.startswith((".", "/", "~")) and name.count("/") <= 1
 
 
 def _as_demonstrations(dataset: Dataset) -> Dataset:
@@ -115,6 +132,8 @@ class AVATrainer(Trainer):
         if differ:  # the heads are built by then, so the model's own options are what trains
             warnings.warn(f"the model's options (model, AVAConfig) differ and the model's are used: {differ}", stacklevel=2)
         ensure_pad_token(processing_class)
+        if args.chat_template_path is not None:
+            processing_class.chat_template = load_chat_template(args.chat_template_path)
         if args.padding_free:
             _check_padding_free(model)
         backbone_config = model.backbone.config
@@ -142,6 +161,8 @@ class AVATrainer(Trainer):
         self.ref_model = None
         if args.td_reference and args.objective != "preftrans":  # the initial model, frozen, for Q_ref
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.args.device)
+        # Model-card metadata (datasets, tags, license, language, base_model); create_model_card's arguments add to it.
+        self.model_card_data: dict[str, Any] = {}
 
     # -- data -----------------------------------------------------------------------------------------------
     def _tokenize(self, dataset, split, tokenizer, is_encoder_decoder, args) -> Dataset | None:
@@ -149,6 +170,9 @@ class AVATrainer(Trainer):
             return None
         if "prompt_ids" in dataset.column_names:  # already tokenised by the caller
             return dataset
+        if "prompt" not in dataset.column_names and {"chosen", "rejected"} <= set(dataset.column_names):
+            # Implicit prompts, as TRL accepts them: the shared start of chosen and rejected is the prompt.
+            dataset = dataset.map(maybe_extract_prompt, desc=f"{split}: extracting prompts")
         columns = response_columns(dataset.column_names)
         if split == "train" and args.objective != "ava-d" and columns != ("chosen", "rejected"):
             raise DataError(
@@ -160,7 +184,7 @@ class AVATrainer(Trainer):
             dataset = _as_demonstrations(dataset)
         tokenized, report = tokenize_dataset(
             dataset, tokenizer, max_length=args.max_length, is_encoder_decoder=is_encoder_decoder,
-            too_long=args.too_long, source=f"{split}_dataset",
+            too_long=args.too_long, source=f"{split}_dataset", num_proc=args.dataset_num_proc,
         )
         self.tokenize_reports[split] = report
         if args.process_index == 0:
@@ -274,26 +298,93 @@ class AVATrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         if self.args.should_save:
-            with open(os.path.join(output_dir, "README.md"), "w") as handle:
-                handle.write(self.model_card())
+            self._write_card(output_dir)
+
+    def _write_card(self, output_dir: str) -> None:
+        with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
+            handle.write(self.model_card())
+        shutil.copyfile(os.path.join(os.path.dirname(os.path.dirname(__file__)), "hub_loader.py"),
+                        os.path.join(output_dir, STANDALONE_LOADER))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer's push during training copies a fixed list of model files from the checkpoint to output_dir and
+        uploads output_dir; the heads, their config, the card and the standalone loader are copied here first, so
+        every pushed commit is a whole TQR model."""
+        if self.is_world_process_zero() and self.args.hub_strategy != "end":
+            for name in (TQR_CONFIG_NAME, TQR_HEADS_NAME, "README.md", STANDALONE_LOADER):
+                if os.path.isfile(os.path.join(checkpoint_folder, name)):
+                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def create_model_card(self, language: str | None = None, license: str | None = None,
+                          tags: str | list[str] | None = None, model_name: str | None = None,
+                          finetuned_from: str | None = None, tasks: str | list[str] | None = None,
+                          dataset_tags: str | list[str] | None = None, dataset: str | list[str] | None = None,
+                          dataset_args: str | list[str] | None = None) -> None:
+        """Trainer's hook (``push_to_hub`` calls it; its TrainingSummary needs a PreTrainedModel's ``config``, which a
+        TQRModel does not have): write avalign's card, with these arguments in its metadata."""
+        if not self.is_world_process_zero():
+            return
+
+        def listed(value):
+            return [value] if isinstance(value, str) else list(value or [])
+
+        data = self.model_card_data
+        data["tags"] = list(dict.fromkeys(listed(data.get("tags")) + listed(tags)))
+        data["datasets"] = list(dict.fromkeys(listed(data.get("datasets")) + listed(dataset) + listed(dataset_tags)))
+        for key, value in (("language", language), ("license", license), ("base_model", finetuned_from),
+                           ("model_name", model_name)):
+            if value is not None:
+                data[key] = value
+        self._write_card(self.args.output_dir)
 
     def model_card(self) -> str:
-        """A short model card: what was trained, on what, with which options, and how it ended."""
+        """The model card: YAML metadata for the Hub, what was trained, on what, with which options, how it ended,
+        how to load it (with or without avalign) and what to cite."""
+        from huggingface_hub import ModelCardData
+
         args: AVAConfig = self.args
         model = self.accelerator.unwrap_model(self.model)
-        backbone = getattr(model.backbone.config, "_name_or_path", "") or model.backbone.config.model_type
+        backbone_config = model.backbone.config
+        loaded_from = getattr(backbone_config, "_name_or_path", "")
+        backbone = loaded_from or backbone_config.model_type
+        data = dict(self.model_card_data)
+        name = data.pop("model_name", None) or os.path.basename(os.path.normpath(args.output_dir or "model"))
+        base_model = data.pop("base_model", None) or (loaded_from if _is_hub_id(loaded_from) else None)
+        metadata = ModelCardData(
+            base_model=base_model, library_name="avalign", license=data.pop("license", "other"),
+            tags=list(dict.fromkeys(["avalign", "ava", "reward-model", args.objective, *data.pop("tags", [])])),
+            datasets=data.pop("datasets", None) or None, **data,
+        )
         options = {f.name: getattr(args, f.name) for f in fields(AVAConfig) if f.name in _CARD_OPTIONS}
         last_logs = {k: v for h in self.state.log_history for k, v in h.items()}
+        repo = getattr(self, "hub_model_id", None) or args.hub_model_id or name
         lines = [
-            f"# {os.path.basename(os.path.normpath(args.output_dir or 'model'))}", "",
+            "---", metadata.to_yaml(), "---", "", f"# {name}", "",
             f"A TQR model trained with avalign {__version__} ({args.objective}; Approximated Variational Alignment, "
-            "Cai et al., AAAI 2025) on a `" + backbone + "` backbone.", "",
-            "Load the reward model with `avalign.AVARewardModel.from_pretrained(path)`; the backbone alone (the "
-            "policy, when the Q head is the pretrained LM head) with `AutoModelFor*.from_pretrained(path)`.", "",
+            "Cai et al., AAAI 2025) on a `" + backbone + "` backbone: a reward mean mu_t, a sigma_t and a weight w_t "
+            "for every response token.", "",
+            "## Usage", "", "With avalign (`pip install avalign`):", "", "```python",
+            "from avalign import AVARewardModel", "",
+            f'model = AVARewardModel.from_pretrained("{repo}")',
+            'rewards = model.score(["Why is the sky blue?"], [" Rayleigh scattering."])[0]',
+            f"rewards.{model.tqr_config.scoring}, rewards.token_rewards, rewards.reward_std  # sequence score, w_t mu_t, "
+            "sigma_t", "```", "",
+            "Or `avalign score --model_name_or_path " + repo + " --dataset_name rows.jsonl --output_file scored.jsonl "
+            "--html report.html`, and `avalign serve` for OpenRLHF's `--remote_rm_url`.", "",
+            f"Without avalign (needs torch, transformers and safetensors; causal-LM backbones): `{STANDALONE_LOADER}` "
+            "in this repository loads the model.", "", "```python",
+            "from ava_reward_model import load_ava_reward_model", "",
+            f'model = load_ava_reward_model("{repo}")',
+            'out = model.score("Why is the sky blue?", " Rayleigh scattering.")',
+            'out["score"], out["token_rewards"], out["token_std"]', "```", "",
+            "The backbone alone (the policy, when the Q head is the pretrained LM head) loads with "
+            "`AutoModelFor*.from_pretrained`; `AutoModelForSequenceClassification` does not read the reward heads.", "",
             "## Training", "", f"- steps: {self.state.global_step}, epochs: {self.state.epoch}",
             *(f"- {split} data: {report.summary()}" for split, report in self.tokenize_reports.items()),
             "", "## Options", "", *(f"- `{k}`: {v}" for k, v in options.items()),
             "", "## Last logged metrics", "", *(f"- `{k}`: {v}" for k, v in sorted(last_logs.items())), "",
+            "## Citation", "", "```bibtex", AVA_BIBTEX, "```", "",
         ]
         return "\n".join(lines)
 

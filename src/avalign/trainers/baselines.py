@@ -12,7 +12,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase, TrainingArguments
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-from ..data.tokenize import ensure_pad_token, response_columns, tokenize_dataset
+from ..data.tokenize import ensure_pad_token, load_chat_template, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError
 from ..modeling import check_quantization
 from .ava_config import AVAConfig, TRL_OBJECTIVES
@@ -78,6 +78,8 @@ def trl_trainer(
     check_quantization(quantization_config)
     config = trl_config(args)
     ensure_pad_token(tokenizer)
+    if args.chat_template_path is not None:  # on the tokenizer, for every baseline (DPOConfig has no such field)
+        tokenizer.chat_template = load_chat_template(args.chat_template_path)
     columns = response_columns(train.column_names)
     if args.objective in ("bt", "dpo") and columns != ("chosen", "rejected"):
         raise DataError(f"objective {args.objective} needs preference rows (prompt/chosen/rejected); the train set "
