@@ -58,8 +58,10 @@ class TQRConfig:
     def __post_init__(self) -> None:
         if not self.log_std_min < self.log_std_max:
             raise ConfigError(f"log_std_min ({self.log_std_min}) must be below log_std_max ({self.log_std_max})")
-        if self.alpha <= 0:
+        if not self.alpha > 0 or not math.isfinite(self.alpha):
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
+        if self.q_chunk_size is not None and self.q_chunk_size < 1:
+            raise ConfigError(f"q_chunk_size must be None or >= 1, got {self.q_chunk_size}")
         if self.q_kernel not in Q_KERNELS:
             raise ConfigError(f"unknown q_kernel '{self.q_kernel}'; expected one of {list(Q_KERNELS)}")
 

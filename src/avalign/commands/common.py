@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..backbones import build_backbone
+from ..data.splits import check_fraction
 from ..data.synthetic import SYNTHETIC, SyntheticTask, synthetic_datasets
+from ..errors import ConfigError
 from ..modeling import TQRModel
 
 
@@ -46,6 +49,17 @@ class DataArguments:
         metadata={"help": "Without --model_name_or_path on real data: vocabulary of the byte-level BPE tokenizer "
                   "trained on the training split."},
     )
+
+    def __post_init__(self) -> None:
+        path = self.model_name_or_path
+        # A hub id is "name" or "org/name"; anything else is a local path, which must exist before any work starts.
+        if path is not None and not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+            raise ConfigError(f"--model_name_or_path {path}: no such directory")
+        check_fraction(self.eval_fraction)
+        for name in ("max_rows", "synthetic_train_size", "synthetic_eval_size", "backbone_hidden_size",
+                     "backbone_layers", "tokenizer_vocab_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass

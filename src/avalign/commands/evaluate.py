@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..data.splits import check_fraction
 from ..data.synthetic import SYNTHETIC
 from ..errors import ConfigError, DataError
+from .parsing import ArgumentParser, at_least
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="avalign evaluate", description=__doc__,
+    parser = ArgumentParser(prog="avalign evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", required=True,
                         help="A directory written by `avalign train` (any objective that trains a reward model).")
@@ -29,11 +31,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Which side of the prompt-grouped split to score (same seed/fraction as training).")
     parser.add_argument("--eval_fraction", type=float, default=0.1)
     parser.add_argument("--dataset_seed", type=int, default=0)
-    parser.add_argument("--max_rows", type=int, default=None)
-    parser.add_argument("--max_length", type=int, default=None, help="Truncate as in training (default: no limit).")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--synthetic_eval_size", type=int, default=500)
-    return parser.parse_args(argv)
+    parser.add_argument("--max_rows", type=at_least(1), default=None)
+    parser.add_argument("--max_length", type=at_least(2), default=None, help="Truncate as in training (default: no limit).")
+    parser.add_argument("--batch_size", type=at_least(1), default=32)
+    parser.add_argument("--synthetic_eval_size", type=at_least(1), default=500)
+    args = parser.parse_args(argv)
+    check_fraction(args.eval_fraction)
+    return args
 
 
 def _pairs(args: argparse.Namespace):

@@ -11,12 +11,11 @@ import sys
 import tempfile
 
 import torch
-from trl import TrlParser
-
 from ..errors import ConfigError
 
 from ..trainers.ava_config import TRL_OBJECTIVES, AVAConfig
 from .common import DataArguments, LoadedRun, load_data_and_model
+from .parsing import dataclass_parser, parse_dataclasses
 
 
 # Settings of the embedded default task; flags and --config still override them.
@@ -77,11 +76,11 @@ def run_baseline(loaded: LoadedRun, args: AVAConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = TrlParser((DataArguments, AVAConfig))
-    data_args, args = parser.parse_args_and_config(list(argv))  # it consumes --config from the list
+    parser = dataclass_parser((DataArguments, AVAConfig), prog="avalign train")
+    data_args, args = parse_dataclasses(parser, argv)
     if data_args.dataset_name is None:
         parser.set_defaults(**SYNTHETIC_DEFAULTS)
-        data_args, args = parser.parse_args_and_config(list(argv))
+        data_args, args = parse_dataclasses(parser, argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.use_cpu and not torch.cuda.is_available():
         # transformers would otherwise let every process train alone, silently.
         raise ConfigError("launched with several processes but no GPU: pass --use_cpu true to train data-parallel "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
@@ -16,6 +17,26 @@ AVA_OBJECTIVES = ("ava-p", "ava-d", "preftrans")  # trained by AVATrainer on a T
 TRL_OBJECTIVES = ("bt", "dpo", "sft")  # baselines trained by TRL's own trainers (trainers/baselines.py)
 OBJECTIVES = AVA_OBJECTIVES + TRL_OBJECTIVES
 SCORINGS = ("last", "sum")
+
+
+def _at_least(low):
+    return lambda value: value is not None and math.isfinite(value) and value >= low
+
+
+# (option, what is allowed, check): the ranges in which each option means what docs/method.md says; outside them a
+# run trains "fine" on a meaningless loss (beta -1, lam -5, cer_coef -3, gamma 7 gave loss -6473).
+OPTION_RANGES = (
+    ("beta", ">= 0", _at_least(0)),
+    ("lam", ">= 0", _at_least(0)),
+    ("cer_coef", ">= 0", _at_least(0)),
+    ("gamma", "in [0, 1]", lambda value: _at_least(0)(value) and value <= 1),
+    ("dpo_beta", "> 0", lambda value: _at_least(0)(value) and value > 0),
+    ("max_length", "None or >= 2 (a prompt token and a response token)", lambda v: v is None or _at_least(2)(v)),
+    ("learning_rate", ">= 0", _at_least(0)),
+    ("per_device_train_batch_size", ">= 1", _at_least(1)),
+    ("per_device_eval_batch_size", ">= 1", _at_least(1)),
+    ("gradient_accumulation_steps", ">= 1", _at_least(1)),
+)
 
 
 @dataclass
@@ -123,6 +144,9 @@ class AVAConfig(TrainingArguments):
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} '{getattr(self, name)}'; expected one of {list(allowed)}")
+        for name, allowed, check in OPTION_RANGES:
+            if not check(getattr(self, name)):
+                raise ConfigError(f"{name} must be {allowed}, got {getattr(self, name)}")
         if self.objective == "preftrans":
             if not self.use_reward_weights:
                 raise ConfigError("objective preftrans needs use_reward_weights=True (its weighted return is the model)")

@@ -29,6 +29,7 @@ from ..losses import (
 from ..modeling import TQRModel, TQROutput, supports_padding_free
 from .. import __version__
 from .ava_config import AVA_OBJECTIVES, AVAConfig
+from .callbacks import DivergenceGuard
 
 _CARD_OPTIONS = (
     "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "reduction", "use_reward_weights",
@@ -121,6 +122,7 @@ class AVATrainer(Trainer):
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             compute_metrics=kwargs.pop("compute_metrics", self._pairwise_metrics if eval_is_preference else None),
+            callbacks=[*(kwargs.pop("callbacks", None) or []), DivergenceGuard()],
             **kwargs,
         )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}

@@ -11,6 +11,7 @@ from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    IntervalStrategy,
     PreTrainedTokenizerBase,
     TrainingArguments,
     set_seed,
@@ -20,6 +21,7 @@ from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, S
 from ..data.tokenize import ensure_pad_token, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError
 from .ava_config import AVAConfig, TRL_OBJECTIVES
+from .callbacks import DivergenceGuard
 
 
 def bt_config(**overrides: Any) -> RewardConfig:
@@ -63,7 +65,8 @@ def bradley_terry_trainer(
     set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, processing_class=tokenizer)
+    return RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, processing_class=tokenizer,
+                         callbacks=[DivergenceGuard()])
 
 
 def trl_trainer(
@@ -75,6 +78,8 @@ def trl_trainer(
     preference rows, TRL's own tokenisation and truncation. sft: demonstrations (prompt/completion), or the chosen
     responses of preference rows, with TRL's completion-only loss."""
     config = trl_config(args)
+    if eval_dataset is None:  # nothing to evaluate: an eval_strategy set for the other objectives must not stop SFT
+        config.eval_strategy = IntervalStrategy.NO
     ensure_pad_token(tokenizer)
     columns = response_columns(train.column_names)
     if args.objective in ("bt", "dpo") and columns != ("chosen", "rejected"):
@@ -93,8 +98,8 @@ def trl_trainer(
     model = AutoModelForCausalLM.from_pretrained(backbone)
     if args.objective == "dpo":
         return DPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
-                          processing_class=tokenizer)
+                          processing_class=tokenizer, callbacks=[DivergenceGuard()])
     as_sft = lambda rows: rows if rows is None or "completion" in rows.column_names else (
         rows.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion"))
     return SFTTrainer(model=model, args=config, train_dataset=as_sft(train), eval_dataset=as_sft(eval_dataset),
-                      processing_class=tokenizer)
+                      processing_class=tokenizer, callbacks=[DivergenceGuard()])
