@@ -133,3 +133,92 @@ def test_every_objective_stops_when_training_diverges(tmp_path, capsys, objectiv
     line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
     assert code == 2 and line.startswith("avalign train: error:") and "step" in line, line
     assert not (tmp_path / "o" / "model.safetensors").exists()  # no NaN model saved
+
+
+# -- point 1: lengths and vocabularies are checked against the model; evaluate scores what it says -------------------
+def test_trainer_refuses_lengths_and_vocabularies_the_model_cannot_embed(tmp_path, synthetic, tokenizer):
+    from avalign import AVATrainer, TQRModel
+    from avalign.backbones import build_backbone
+
+    from conftest import tiny_backbone
+
+    train = synthetic[0]
+    with pytest.raises(ConfigError, match="256 positions"):  # tiny_backbone embeds 256 positions
+        AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=AVAConfig(output_dir=str(tmp_path), max_length=512),
+                   train_dataset=train, processing_class=tokenizer)
+    small = build_backbone("llama", len(tokenizer) - 3, hidden_size=32, num_layers=1, num_heads=2)
+    with pytest.raises(ConfigError, match="embedding matrix"):
+        AVATrainer(TQRModel(small), args=AVAConfig(output_dir=str(tmp_path), max_length=64), train_dataset=train,
+                   processing_class=tokenizer)
+
+
+def preference_file(path, rows, offset=0):
+    import json
+
+    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
+    with open(path, "w") as handle:
+        for i in range(offset, offset + rows):
+            prompt = " ".join(words[(i + k) % 8] for k in range(3 + i % 4)) + f" question {i}?"
+            handle.write(json.dumps({"prompt": prompt, "chosen": f" good answer {words[i % 8]} " * (1 + i % 3),
+                                     "rejected": f" bad {words[(i + 3) % 8]}"}) + "\n")
+
+
+def test_evaluate_scores_a_foreign_file_whole_and_the_training_file_held_out(tmp_path, capsys):
+    from avalign.training_record import load_training_record
+
+    from conftest import last_json_line
+
+    train_file, test_file, out = tmp_path / "train.jsonl", tmp_path / "test.jsonl", tmp_path / "m"
+    preference_file(train_file, 60)
+    preference_file(test_file, 30, offset=100)
+    assert main(["train", "--dataset_name", str(train_file), "--max_length", "24", "--max_steps", "1",
+                 "--tokenizer_vocab_size", "300", "--output_dir", str(out), "--disable_tqdm", "true",
+                 "--use_cpu", "true", "--eval_fraction", "0.2", "--dataset_seed", "3"]) == 0
+    trained = last_json_line(capsys.readouterr().out)
+    assert load_training_record(str(out))["max_length"] == 24
+
+    assert main(["evaluate", "--model_name_or_path", str(out), "--dataset_name", str(train_file)]) == 0
+    own = last_json_line(capsys.readouterr().out)
+    assert own["n"] == trained["eval_n"] < 60 and "as in training" in own["scored"]
+    assert own["max_length"] == 24 and own["accuracy"] == pytest.approx(trained["eval_accuracy"])
+
+    assert main(["evaluate", "--model_name_or_path", str(out), "--dataset_name", str(test_file)]) == 0
+    foreign = last_json_line(capsys.readouterr().out)
+    assert foreign["n"] == 30 and "not the model's training data" in foreign["scored"]
+
+
+# -- point 3: a model without a reward head is refused, not scored with a random one --------------------------------
+def test_a_language_model_is_not_loaded_as_a_reward_model(tmp_path, tokenizer):
+    from avalign.reward_model import load_reward_model
+
+    from conftest import tiny_backbone
+
+    tiny_backbone("gpt2", tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="not a reward model.*score.weight"):
+        load_reward_model(str(tmp_path))
+
+
+def test_a_failed_save_leaves_the_earlier_model_intact(tmp_path, tokenizer, monkeypatch):
+    import torch
+
+    import avalign.modeling
+    from avalign import TQRModel
+
+    from conftest import tiny_backbone
+
+    old = TQRModel(tiny_backbone("gpt2", tokenizer, seed=1))
+    old.save_pretrained(tmp_path)
+    new = TQRModel(tiny_backbone("gpt2", tokenizer, seed=2))
+    with torch.no_grad():
+        new.reward_head.bias.fill_(3.0)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(avalign.modeling, "save_file", disk_full)  # the heads fail after the backbone was written
+    with pytest.raises(OSError):
+        new.save_pretrained(tmp_path)
+    loaded = TQRModel.from_pretrained(str(tmp_path)).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in old.state_dict().items())
+    assert [p.name for p in tmp_path.parent.iterdir() if ".saving-" in p.name] == []  # no staging left behind

@@ -14,6 +14,8 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ from .ops import Q_KERNELS, pretrained_q_values
 
 TQR_CONFIG_NAME = "tqr_config.json"
 TQR_HEADS_NAME = "tqr_heads.safetensors"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
 
 
 @dataclass
@@ -222,17 +225,38 @@ class TQRModel(nn.Module):
     def save_pretrained(self, directory: str, state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
         """The backbone in its own Hugging Face format (loadable alone by AutoModelFor*), plus the heads.
 
+        Written to a temporary directory beside ``directory`` first, then moved in (the whole directory when it is
+        new; else file by file, with tqr_config.json removed first and written last): a save that fails leaves
+        the earlier model intact, and one interrupted while moving leaves no tqr_config.json, which the loaders
+        refuse, instead of a new backbone beside old heads.
+
         ``state_dict``: the full model's weights when they live elsewhere (gathered from FSDP or DeepSpeed shards
         by the Trainer); by default this module's own."""
-        os.makedirs(directory, exist_ok=True)
-        state_dict = self.state_dict() if state_dict is None else state_dict
-        prefix = "backbone."
-        backbone_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        self.backbone.save_pretrained(directory, state_dict=backbone_state, **kwargs)
-        heads = {k: v.contiguous() for k, v in state_dict.items() if not k.startswith(prefix)}
-        save_file(heads, os.path.join(directory, TQR_HEADS_NAME))
-        with open(os.path.join(directory, TQR_CONFIG_NAME), "w") as handle:
-            json.dump(asdict(self.tqr_config), handle, indent=2)
+        directory = os.path.abspath(directory)
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.saving-", dir=os.path.dirname(directory))
+        try:
+            state_dict = self.state_dict() if state_dict is None else state_dict
+            prefix = "backbone."
+            backbone_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            self.backbone.save_pretrained(staging, state_dict=backbone_state, **kwargs)
+            heads = {k: v.contiguous() for k, v in state_dict.items() if not k.startswith(prefix)}
+            save_file(heads, os.path.join(staging, TQR_HEADS_NAME))
+            with open(os.path.join(staging, TQR_CONFIG_NAME), "w") as handle:
+                json.dump(asdict(self.tqr_config), handle, indent=2)
+            if not os.path.exists(directory):
+                os.rename(staging, directory)
+                return
+            new = sorted(os.listdir(staging), key=lambda name: name == TQR_CONFIG_NAME)  # the config last
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, TQR_CONFIG_NAME))
+            for name in os.listdir(directory):  # weight files of an earlier save that this one does not write
+                if name not in new and name.startswith(("model", "pytorch_model")) and name.endswith(_WEIGHT_SUFFIXES):
+                    os.remove(os.path.join(directory, name))
+            for name in new:
+                os.replace(os.path.join(staging, name), os.path.join(directory, name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         self.backbone.gradient_checkpointing_enable(**kwargs)

@@ -14,12 +14,14 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from .backbones import check_fits, context_length
 from .data.collator import TQRCollator, collate_sequences
 from .data.tokenize import ensure_pad_token, tokenize_dataset
 from .evaluation.pairwise import bootstrap_interval, pairwise_correct
 from .losses import sequence_rewards
 from .errors import ConfigError
 from .modeling import TQR_CONFIG_NAME, TQRModel, TQROutput
+from .training_record import load_training_record
 
 
 def token_rewards(output: TQROutput, kappa: float = 0.0) -> torch.Tensor:
@@ -62,6 +64,19 @@ def _batches(tokenized: Dataset, batch_size: int, progress: bool):
 class _PairEvaluation:
     is_encoder_decoder = False
 
+    def _fit_to(self, backbone, max_length: int | None) -> None:
+        """Score within the model's context: max_length None means the whole context; beyond it is refused, as is a
+        tokenizer with ids past the embedding matrix."""
+        self.max_length = context_length(backbone.config) if max_length is None else max_length
+        check_fits(backbone, self.tokenizer, self.max_length)
+
+    @staticmethod
+    def _trained_length(path: str, kwargs: dict) -> dict:
+        """``kwargs`` with max_length, when not given, the truncation the model was trained with."""
+        if kwargs.get("max_length") is None:
+            kwargs = {**kwargs, "max_length": load_training_record(path).get("max_length")}
+        return kwargs
+
     def _tokenized(self, rows: Dataset) -> Dataset:
         """Rows as token ids: tokenised and truncated as in training, unless the caller already did (prompt_ids)."""
         if "prompt_ids" in rows.column_names:
@@ -95,7 +110,8 @@ class AVARewardModel(_PairEvaluation):
     ):
         self.model = model.eval()
         self.tokenizer = ensure_pad_token(tokenizer)
-        self.max_length, self.batch_size, self.is_encoder_decoder = max_length, batch_size, model.is_encoder_decoder
+        self.batch_size, self.is_encoder_decoder = batch_size, model.is_encoder_decoder
+        self._fit_to(model.backbone, max_length)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self.collator = TQRCollator(
@@ -104,7 +120,8 @@ class AVARewardModel(_PairEvaluation):
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "AVARewardModel":
-        return cls(TQRModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kwargs)
+        """Scores with the truncation the model was trained with unless ``max_length`` is given."""
+        return cls(TQRModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **cls._trained_length(path, kwargs))
 
     @torch.no_grad()
     def _forward(self, rows: Dataset, progress: bool):
@@ -174,13 +191,21 @@ class BTRewardModel(_PairEvaluation):
         self.model = model.eval()
         self.tokenizer = ensure_pad_token(tokenizer)
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.max_length, self.batch_size = max_length, batch_size
+        self.batch_size = batch_size
+        self._fit_to(model, max_length)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "BTRewardModel":
-        return cls(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), AutoTokenizer.from_pretrained(path), **kwargs)
+        """Refuses a model without a trained scalar head (a plain LM would get a random one); scores with the
+        truncation the model was trained with unless ``max_length`` is given."""
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, output_loading_info=True)
+        if info["missing_keys"]:
+            raise ConfigError(f"{path} is not a reward model: {sorted(info['missing_keys'])} "
+                              "would be initialised at random (a directory written by `avalign train` holds a "
+                              f"{TQR_CONFIG_NAME} or a trained classification head)")
+        return cls(model, AutoTokenizer.from_pretrained(path), **cls._trained_length(path, kwargs))
 
     @torch.no_grad()
     def _scores(self, rows: Dataset, progress: bool) -> list[float]:

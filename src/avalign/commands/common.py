@@ -101,7 +101,8 @@ def load_data_and_model(data_args: DataArguments, args, backbone_dir: str | None
     if backbone_path is None:
         backbone = build_backbone(
             data_args.backbone_arch, len(tokenizer), hidden_size=data_args.backbone_hidden_size,
-            num_layers=data_args.backbone_layers, pad_token_id=tokenizer.pad_token_id,
+            num_layers=data_args.backbone_layers, max_positions=max(256, args.max_length or 0),
+            pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=args.seed,
         )
         if backbone_dir is not None:

@@ -11,9 +11,11 @@ import sys
 import tempfile
 
 import torch
+from ..data.synthetic import SYNTHETIC
 from ..errors import ConfigError
-
 from ..trainers.ava_config import TRL_OBJECTIVES, AVAConfig
+from ..trainers.checkpoints import resumable_checkpoint
+from ..training_record import save_training_record
 from .common import DataArguments, LoadedRun, load_data_and_model
 from .parsing import dataclass_parser, parse_dataclasses
 
@@ -30,7 +32,7 @@ def run(data_args: DataArguments, args: AVAConfig) -> dict:
     """Train, save, evaluate; returns the final metrics (also what the CLI prints)."""
     if args.objective in TRL_OBJECTIVES:
         with tempfile.TemporaryDirectory() as backbone_dir:
-            return run_baseline(load_data_and_model(data_args, args, backbone_dir=backbone_dir), args)
+            return run_baseline(load_data_and_model(data_args, args, backbone_dir=backbone_dir), args, data_args)
     from ..trainers.ava_trainer import AVATrainer
 
     loaded = load_data_and_model(data_args, args)
@@ -38,7 +40,7 @@ def run(data_args: DataArguments, args: AVAConfig) -> dict:
     trainer = AVATrainer(
         model, args=args, train_dataset=loaded.train, eval_dataset=loaded.eval, processing_class=loaded.tokenizer
     )
-    metrics = _train_and_save(trainer, args)
+    metrics = _train_and_save(trainer, args, data_args)
     if loaded.eval is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
     if loaded.task is not None and loaded.eval is not None and "chosen_gold_rewards" in loaded.eval.column_names:
@@ -51,20 +53,31 @@ def run(data_args: DataArguments, args: AVAConfig) -> dict:
     return metrics
 
 
-def _train_and_save(trainer, args: AVAConfig) -> dict:
-    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+def _train_and_save(trainer, args: AVAConfig, data_args: DataArguments) -> dict:
+    resume = args.resume_from_checkpoint
+    if resume is not None:  # "true": the output directory's newest complete checkpoint (as for a run's directory)
+        resume = resumable_checkpoint(args.output_dir if resume.lower() == "true" else resume)
+    train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
+    if args.should_save:  # what evaluate needs to score as in training and to find the held-out split
+        dataset = data_args.dataset_name or SYNTHETIC
+        save_training_record(
+            args.output_dir, max_length=args.max_length,
+            dataset_name=os.path.abspath(dataset) if os.path.exists(dataset) else dataset,
+            dataset_family=data_args.dataset_family, eval_fraction=data_args.eval_fraction,
+            dataset_seed=data_args.dataset_seed, max_rows=data_args.max_rows,
+        )
     return {"train_loss": train_output.training_loss, "train_runtime_s": train_output.metrics["train_runtime"]}
 
 
-def run_baseline(loaded: LoadedRun, args: AVAConfig) -> dict:
+def run_baseline(loaded: LoadedRun, args: AVAConfig, data_args: DataArguments) -> dict:
     """A TRL baseline on the same data, tokenizer and initial backbone; a BT model is evaluated like AVA."""
     from ..reward_model import BTRewardModel
     from ..trainers.baselines import trl_trainer
 
     train_eval = loaded.eval if args.objective != "sft" else None  # SFT's eval rows would need completions
     trainer = trl_trainer(loaded.backbone_path, loaded.tokenizer, loaded.train, train_eval, args)
-    metrics = _train_and_save(trainer, args)
+    metrics = _train_and_save(trainer, args, data_args)
     if args.objective == "bt" and loaded.eval is not None:
         scorer = BTRewardModel(trainer.model, loaded.tokenizer, max_length=args.max_length,
                                batch_size=args.per_device_eval_batch_size)

@@ -31,7 +31,7 @@ OPTION_RANGES = (
     ("cer_coef", ">= 0", _at_least(0)),
     ("gamma", "in [0, 1]", lambda value: _at_least(0)(value) and value <= 1),
     ("dpo_beta", "> 0", lambda value: _at_least(0)(value) and value > 0),
-    ("max_length", "None or >= 2 (a prompt token and a response token)", lambda v: v is None or _at_least(2)(v)),
+    ("max_length", "None or >= 4 (room for a prompt and a response)", lambda v: v is None or _at_least(4)(v)),
     ("learning_rate", ">= 0", _at_least(0)),
     ("per_device_train_batch_size", ">= 1", _at_least(1)),
     ("per_device_eval_batch_size", ">= 1", _at_least(1)),

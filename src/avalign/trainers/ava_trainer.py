@@ -14,6 +14,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from ..backbones import check_fits
 from ..data.collator import TQRCollator
 from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError, TrainingDivergedError
@@ -27,9 +28,11 @@ from ..losses import (
     sequence_terms,
 )
 from ..modeling import TQRModel, TQROutput, supports_padding_free
+from ..training_record import save_training_record
 from .. import __version__
 from .ava_config import AVA_OBJECTIVES, AVAConfig
 from .callbacks import DivergenceGuard
+from .checkpoints import resumable_checkpoint
 
 _CARD_OPTIONS = (
     "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "reduction", "use_reward_weights",
@@ -101,6 +104,7 @@ class AVATrainer(Trainer):
         if differ:  # the heads are built by then, so the model's own options are what trains
             warnings.warn(f"the model's options (model, AVAConfig) differ and the model's are used: {differ}", stacklevel=2)
         ensure_pad_token(processing_class)
+        check_fits(model.backbone, processing_class, args.max_length)
         if args.padding_free:
             _check_padding_free(model)
         backbone_config = model.backbone.config
@@ -126,6 +130,15 @@ class AVATrainer(Trainer):
             **kwargs,
         )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Trainer.train; ``resume_from_checkpoint`` True or a run's directory resumes from its newest complete
+        checkpoint (incomplete ones, from an interrupted save, are skipped with a message)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = self.args.output_dir
+        if isinstance(resume_from_checkpoint, str):
+            resume_from_checkpoint = resumable_checkpoint(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     # -- data -----------------------------------------------------------------------------------------------
     def _tokenize(self, dataset, split, tokenizer, is_encoder_decoder, args) -> Dataset | None:
@@ -250,6 +263,7 @@ class AVATrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        save_training_record(output_dir, max_length=self.args.max_length)
         if self.args.should_save:
             with open(os.path.join(output_dir, "README.md"), "w") as handle:
                 handle.write(self.model_card())

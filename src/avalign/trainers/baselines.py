@@ -18,6 +18,7 @@ from transformers import (
 )
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
+from ..backbones import check_fits
 from ..data.tokenize import ensure_pad_token, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError
 from .ava_config import AVAConfig, TRL_OBJECTIVES
@@ -65,6 +66,7 @@ def bradley_terry_trainer(
     set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
+    check_fits(model, tokenizer, args.max_length)
     return RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, processing_class=tokenizer,
                          callbacks=[DivergenceGuard()])
 
@@ -96,6 +98,7 @@ def trl_trainer(
         return bradley_terry_trainer(backbone, tokenizer, features(train, "train"), features(eval_dataset, "eval"), config)
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(backbone)
+    check_fits(model, tokenizer, args.max_length)
     if args.objective == "dpo":
         return DPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
                           processing_class=tokenizer, callbacks=[DivergenceGuard()])
