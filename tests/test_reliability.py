@@ -222,3 +222,25 @@ def test_a_failed_save_leaves_the_earlier_model_intact(tmp_path, tokenizer, monk
     loaded = TQRModel.from_pretrained(str(tmp_path)).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in old.state_dict().items())
     assert [p.name for p in tmp_path.parent.iterdir() if ".saving-" in p.name] == []  # no staging left behind
+
+
+# -- point 4: every objective counts what it drops or truncates, and reports it --------------------------------------
+@pytest.mark.parametrize("objective", ["dpo", "sft", "bt", "ava-p"])
+def test_every_objective_reports_dropped_and_truncated_rows(tmp_path, capsys, objective):
+    from conftest import last_json_line
+
+    data, out = tmp_path / "train.jsonl", tmp_path / "m"
+    preference_file(data, 40)
+    common = ["train", "--objective", objective, "--dataset_name", str(data), "--max_steps", "1", "--eval_fraction",
+              "0", "--tokenizer_vocab_size", "300", "--output_dir", str(out), "--disable_tqdm", "true", "--use_cpu",
+              "true", "--too_long", "drop"]
+    assert main([*common, "--max_length", "12"]) == 0
+    captured = capsys.readouterr()
+    train = last_json_line(captured.out)["data"]["train"]
+    assert train["rows_in"] == 40 and train["rows_out"] + train["dropped_too_long"] == 40
+    assert train["dropped_too_long"] + train["response_truncated"] > 0  # max_length 12 is too short for some rows
+    assert f"train: tokenized 40 rows -> {train['rows_out']}" in captured.out
+    assert f"tokenized 40 rows -> {train['rows_out']}" in (out / "README.md").read_text()
+    if objective in ("dpo", "ava-p"):  # prompts alone longer than max_length: nothing left, said in one line
+        assert main([*common, "--max_length", "4"]) == 2
+        assert "no rows left" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 import sys
 import tempfile
 
@@ -59,15 +60,22 @@ def _train_and_save(trainer, args: AVAConfig, data_args: DataArguments) -> dict:
         resume = resumable_checkpoint(args.output_dir if resume.lower() == "true" else resume)
     train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
+    data = {split: {k: v for k, v in asdict(report).items() if k != "details"}
+            for split, report in trainer.tokenize_reports.items()}
     if args.should_save:  # what evaluate needs to score as in training and to find the held-out split
         dataset = data_args.dataset_name or SYNTHETIC
         save_training_record(
             args.output_dir, max_length=args.max_length,
             dataset_name=os.path.abspath(dataset) if os.path.exists(dataset) else dataset,
             dataset_family=data_args.dataset_family, eval_fraction=data_args.eval_fraction,
-            dataset_seed=data_args.dataset_seed, max_rows=data_args.max_rows,
+            dataset_seed=data_args.dataset_seed, max_rows=data_args.max_rows, data=data,
         )
-    return {"train_loss": train_output.training_loss, "train_runtime_s": train_output.metrics["train_runtime"]}
+        if args.objective in TRL_OBJECTIVES:  # AVATrainer's card has them already
+            with open(os.path.join(args.output_dir, "README.md"), "a") as card:
+                card.write("\n## Data (avalign)\n\n" + "".join(
+                    f"- {split} data: {report.summary()}\n" for split, report in trainer.tokenize_reports.items()))
+    return {"train_loss": train_output.training_loss, "train_runtime_s": train_output.metrics["train_runtime"],
+            "data": data}
 
 
 def run_baseline(loaded: LoadedRun, args: AVAConfig, data_args: DataArguments) -> dict:

@@ -64,6 +64,11 @@ class TokenizeReport:
             f"response truncated in {self.response_truncated}, dropped as too long {self.dropped_too_long}"
         )
 
+    def require_rows(self, source: str) -> None:
+        """A DataError when nothing is left (instead of a sampler's num_samples=0 error mid-run)."""
+        if self.rows_out == 0:
+            raise DataError(f"no rows left after tokenisation ({self.summary()})", path=source)
+
 
 def _check_text_or_messages(value, source: str, row: int, field: str) -> None:
     """A field is a string (standard) or a non-empty list of {"role", "content"} messages (conversational)."""
@@ -146,6 +151,5 @@ def tokenize_dataset(
         row.update({f"{column}_ids": ids for column, ids in zip(columns, responses)})
         rows.append(row)
     report.rows_out = len(rows)
-    if not rows:
-        raise DataError(f"no rows left after tokenisation ({report.summary()})", path=source)
+    report.require_rows(source)
     return Dataset.from_list(rows), report

@@ -19,7 +19,7 @@ from transformers import (
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
 from ..backbones import check_fits
-from ..data.tokenize import ensure_pad_token, response_columns, tokenize_dataset
+from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError
 from .ava_config import AVAConfig, TRL_OBJECTIVES
 from .callbacks import DivergenceGuard
@@ -87,22 +87,49 @@ def trl_trainer(
     if args.objective in ("bt", "dpo") and columns != ("chosen", "rejected"):
         raise DataError(f"objective {args.objective} needs preference rows (prompt/chosen/rejected); the train set "
                         f"has {train.column_names}", path="train_dataset", field="chosen/rejected")
+    reports: dict[str, TokenizeReport] = {}
     if args.objective == "bt":
         def features(rows: Dataset | None, split: str) -> Dataset | None:
             if rows is None:
                 return None
-            tokenized, report = tokenize_dataset(rows, tokenizer, max_length=args.max_length, too_long=args.too_long,
-                                                 source=split)
-            print(f"[avalign] {split}: {report.summary()}")
+            tokenized, reports[split] = tokenize_dataset(rows, tokenizer, max_length=args.max_length,
+                                                         too_long=args.too_long, source=split)
             return as_bt_features(tokenized)
-        return bradley_terry_trainer(backbone, tokenizer, features(train, "train"), features(eval_dataset, "eval"), config)
-    set_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(backbone)
-    check_fits(model, tokenizer, args.max_length)
-    if args.objective == "dpo":
-        return DPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
-                          processing_class=tokenizer, callbacks=[DivergenceGuard()])
-    as_sft = lambda rows: rows if rows is None or "completion" in rows.column_names else (
-        rows.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion"))
-    return SFTTrainer(model=model, args=config, train_dataset=as_sft(train), eval_dataset=as_sft(eval_dataset),
-                      processing_class=tokenizer, callbacks=[DivergenceGuard()])
+        trainer = bradley_terry_trainer(backbone, tokenizer, features(train, "train"), features(eval_dataset, "eval"),
+                                        config)
+    else:
+        set_seed(args.seed)
+        model = AutoModelForCausalLM.from_pretrained(backbone)
+        check_fits(model, tokenizer, args.max_length)
+        if args.objective == "dpo":
+            trainer = DPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
+                                 processing_class=tokenizer, callbacks=[DivergenceGuard()])
+        else:
+            as_sft = lambda rows: rows if rows is None or "completion" in rows.column_names else (
+                rows.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion"))
+            trainer = SFTTrainer(model=model, args=config, train_dataset=as_sft(train),
+                                 eval_dataset=as_sft(eval_dataset), processing_class=tokenizer,
+                                 callbacks=[DivergenceGuard()])
+        for split, rows in (("train", train), ("eval", eval_dataset)):
+            if rows is not None:
+                reports[split] = trl_report(len(rows), getattr(trainer, f"{split}_dataset"), args.max_length)
+    for split, report in reports.items():
+        print(f"[avalign] {split}: {report.summary()}")
+    reports["train"].require_rows("train_dataset")
+    trainer.tokenize_reports = reports  # as AVATrainer's: read by the CLI's summary
+    return trainer
+
+
+def trl_report(rows_in: int, prepared: Dataset, max_length: int | None) -> TokenizeReport:
+    """What TRL's own preparation dropped and truncated, in avalign's report. DPO drops rows whose prompt fills
+    max_length and cuts the end of the rest when collating; SFT cuts while preparing, so a row that reaches
+    max_length counts as truncated (it may also have fitted exactly)."""
+    report = TokenizeReport(rows_in=rows_in, rows_out=len(prepared), dropped_too_long=rows_in - len(prepared))
+    if max_length is not None and "chosen_ids" in prepared.column_names:
+        report.response_truncated = sum(
+            len(prompt) + max(len(chosen), len(rejected)) > max_length
+            for prompt, chosen, rejected in zip(prepared["prompt_ids"], prepared["chosen_ids"], prepared["rejected_ids"])
+        )
+    elif max_length is not None:
+        report.response_truncated = sum(len(ids) >= max_length for ids in prepared["input_ids"])
+    return report
