@@ -244,3 +244,54 @@ def test_every_objective_reports_dropped_and_truncated_rows(tmp_path, capsys, ob
     if objective in ("dpo", "ava-p"):  # prompts alone longer than max_length: nothing left, said in one line
         assert main([*common, "--max_length", "4"]) == 2
         assert "no rows left" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# -- point 6: the Python API cleans and checks as the CLI does --------------------------------------------------------
+def test_trainer_drops_and_counts_identical_pairs_and_duplicates(tmp_path, synthetic, tokenizer, capsys):
+    from datasets import Dataset
+
+    from avalign import AVATrainer, TQRModel
+
+    from conftest import tiny_backbone
+
+    rows = synthetic[0].select_columns(["prompt", "chosen", "rejected"]).select(range(10)).to_list()
+    same = {**rows[0], "rejected": rows[0]["chosen"]}
+    train = Dataset.from_list([*rows, same, rows[3], rows[4]])
+    trainer = AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=AVAConfig(output_dir=str(tmp_path), max_length=64),
+                         train_dataset=train, processing_class=tokenizer)
+    assert trainer.tokenize_reports["train"].rows_in == 10
+    out = capsys.readouterr().out
+    assert "13 rows in, 10 out; dropped 3: 1 chosen == rejected, 2 duplicate row" in out
+
+
+@pytest.mark.parametrize(
+    "train, match",
+    [(lambda rows: rows, "expected a datasets.Dataset"),
+     (lambda rows: __import__("datasets").Dataset.from_list([{**r, "chosen": 7} for r in rows]), "row 1, field 'chosen'"),
+     (lambda rows: __import__("datasets").Dataset.from_list([{"prompt": r["prompt"], "answer": r["chosen"]} for r in rows]),
+      "expected columns")],
+)
+def test_trainer_names_what_is_wrong_with_the_data(tmp_path, synthetic, tokenizer, train, match):
+    from avalign import AVATrainer, TQRModel
+    from avalign.errors import DataError
+
+    from conftest import tiny_backbone
+
+    rows = synthetic[0].select_columns(["prompt", "chosen", "rejected"]).select(range(4)).to_list()
+    with pytest.raises(DataError, match=match):
+        AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=AVAConfig(output_dir=str(tmp_path), max_length=64),
+                   train_dataset=train(rows), processing_class=tokenizer)
+
+
+def test_score_checks_that_prompts_and_responses_pair_up(tokenizer):
+    from avalign import AVARewardModel, TQRModel
+    from avalign.errors import DataError
+
+    from conftest import tiny_backbone
+
+    scorer = AVARewardModel(TQRModel(tiny_backbone("gpt2", tokenizer)), tokenizer, max_length=64)
+    with pytest.raises(DataError, match="2 prompts but 1 responses"):
+        scorer.score(["a b", "c d"], ["e"])
+    with pytest.raises(DataError, match="row 2, field 'completion'"):
+        scorer.score(["a b", "c d"], ["e", 3])
+    assert len(scorer.score(["a b"], ["e"])) == 1

@@ -16,10 +16,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from .backbones import check_fits, context_length
 from .data.collator import TQRCollator, collate_sequences
+from .data.formats import DEMONSTRATION, Record, RowFormat, validate_row
 from .data.tokenize import ensure_pad_token, tokenize_dataset
 from .evaluation.pairwise import bootstrap_interval, pairwise_correct
 from .losses import sequence_rewards
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .modeling import TQR_CONFIG_NAME, TQRModel, TQROutput
 from .training_record import load_training_record
 
@@ -54,6 +55,17 @@ def pair_metrics(chosen: dict[str, list[float]], rejected: dict[str, list[float]
         metrics[f"accuracy_{scoring}"] = float(correct.mean()) if correct.size else float("nan")
         metrics[f"accuracy_{scoring}_ci95"] = bootstrap_interval(correct)
     return metrics
+
+
+def _prompt_completion_rows(prompts: list, responses: list) -> Dataset:
+    """(prompt, response) pairs as rows, after checking that they pair up and are text or messages."""
+    prompts, responses = list(prompts), list(responses)
+    if len(prompts) != len(responses):
+        raise DataError(f"got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
+    for row, (prompt, response) in enumerate(zip(prompts, responses), 1):
+        validate_row(Record("scored rows", row, {"prompt": prompt, "completion": response}),
+                     RowFormat(DEMONSTRATION, conversational=isinstance(prompt, list)))
+    return Dataset.from_dict({"prompt": prompts, "completion": responses})
 
 
 def _batches(tokenized: Dataset, batch_size: int, progress: bool):
@@ -140,7 +152,7 @@ class AVARewardModel(_PairEvaluation):
 
     def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
         """One ResponseRewards per (prompt, response); prompts/responses are strings or conversational messages."""
-        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        rows = _prompt_completion_rows(prompts, responses)
         results = []
         for features, out, scores in self._forward(rows, progress):
             dense = token_rewards(out)
@@ -225,7 +237,7 @@ class BTRewardModel(_PairEvaluation):
                           attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0].float()
 
     def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
-        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        rows = _prompt_completion_rows(prompts, responses)
         return {"last": self._scores(rows, progress)}
 
     def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:

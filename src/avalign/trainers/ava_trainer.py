@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase,
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..backbones import check_fits
+from ..data.cleaning import clean_dataset, require_dataset
 from ..data.collator import TQRCollator
 from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError, TrainingDivergedError
@@ -144,6 +145,7 @@ class AVATrainer(Trainer):
     def _tokenize(self, dataset, split, tokenizer, is_encoder_decoder, args) -> Dataset | None:
         if dataset is None:
             return None
+        require_dataset(dataset, f"{split}_dataset")
         if "prompt_ids" in dataset.column_names:  # already tokenised by the caller
             return dataset
         columns = response_columns(dataset.column_names)
@@ -155,6 +157,9 @@ class AVATrainer(Trainer):
             )
         if split == "train" and args.objective == "ava-d" and columns == ("chosen", "rejected"):
             dataset = _as_demonstrations(dataset)
+        dataset, cleaning = clean_dataset(dataset, f"{split}_dataset")  # as the CLI's loader cleans
+        if cleaning.dropped and args.process_index == 0:
+            print(f"[avalign] {split}: cleaned: {cleaning.summary()}")
         tokenized, report = tokenize_dataset(
             dataset, tokenizer, max_length=args.max_length, is_encoder_decoder=is_encoder_decoder,
             too_long=args.too_long, source=f"{split}_dataset",
