@@ -295,3 +295,20 @@ def test_score_checks_that_prompts_and_responses_pair_up(tokenizer):
     with pytest.raises(DataError, match="row 2, field 'completion'"):
         scorer.score(["a b", "c d"], ["e", 3])
     assert len(scorer.score(["a b"], ["e"])) == 1
+
+
+# -- point 7: no hub token in training_args.bin ----------------------------------------------------------------------
+@pytest.mark.parametrize("objective", ["ava-p", "bt", "dpo", "sft"])
+def test_training_args_are_pickled_without_the_hub_token(tmp_path, objective):
+    import io
+
+    import torch
+
+    from avalign.trainers.baselines import trl_config
+
+    args = AVAConfig(output_dir=str(tmp_path), objective=objective, hub_token="hf_secret_token_123")
+    args = args if objective == "ava-p" else trl_config(args)
+    saved = io.BytesIO()
+    torch.save(args, saved)  # what the Trainer writes as training_args.bin
+    assert b"hf_secret_token_123" not in saved.getvalue()
+    assert args.hub_token == "hf_secret_token_123"  # the run itself still has it (push_to_hub)

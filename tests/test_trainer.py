@@ -128,11 +128,13 @@ def test_ava_p_refuses_demonstrations(tokenizer, tmp_path):
         AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=config(tmp_path), train_dataset=rows, processing_class=tokenizer)
 
 
-def test_empty_response_names_row_and_field(tokenizer, synthetic, tmp_path):
+def test_empty_response_is_dropped_and_counted_as_by_the_loader(tokenizer, synthetic, tmp_path, capsys):
     rows = synthetic[0].select(range(3)).to_list()
     rows[2]["rejected"] = "   "
-    with pytest.raises(DataError, match="row 3, field 'rejected': empty response"):
-        AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=config(tmp_path), train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=config(tmp_path),
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    assert trainer.tokenize_reports["train"].rows_in == 2
+    assert "3 rows in, 2 out; dropped 1: 1 empty response" in capsys.readouterr().out
 
 
 def test_tokenizer_without_pad_token_gets_one_with_a_warning(synthetic, tmp_path):

@@ -39,8 +39,16 @@ OPTION_RANGES = (
 )
 
 
+class WithoutHubToken:
+    """Training arguments that pickle without ``hub_token``: the Trainer writes them (training_args.bin) into every
+    output and checkpoint directory, which get copied, shared and pushed."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "hub_token": None}
+
+
 @dataclass
-class AVAConfig(TrainingArguments):
+class AVAConfig(WithoutHubToken, TrainingArguments):
     """Configuration of [`AVATrainer`]. Defaults of alpha, beta, gamma and lambda are this project's choices
     (the paper publishes none); docs/method.md gives the sweep that chose them."""
 

@@ -21,8 +21,20 @@ from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, S
 from ..backbones import check_fits
 from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError
-from .ava_config import AVAConfig, TRL_OBJECTIVES
+from .ava_config import AVAConfig, TRL_OBJECTIVES, WithoutHubToken
 from .callbacks import DivergenceGuard
+
+
+class _RewardConfig(WithoutHubToken, RewardConfig):
+    pass
+
+
+class _DPOConfig(WithoutHubToken, DPOConfig):
+    pass
+
+
+class _SFTConfig(WithoutHubToken, SFTConfig):
+    pass
 
 
 def bt_config(**overrides: Any) -> RewardConfig:
@@ -41,10 +53,10 @@ def trl_config(args: AVAConfig) -> RewardConfig | DPOConfig | SFTConfig:
     shared = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
     shared.update(max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing)
     if args.objective == "bt":
-        return RewardConfig(**shared)
+        return _RewardConfig(**shared)
     if args.objective == "dpo":
-        return DPOConfig(**shared, beta=args.dpo_beta)
-    return SFTConfig(**shared)
+        return _DPOConfig(**shared, beta=args.dpo_beta)
+    return _SFTConfig(**shared)
 
 
 def as_bt_features(tokenized: Dataset) -> Dataset:
