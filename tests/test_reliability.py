@@ -312,3 +312,46 @@ def test_training_args_are_pickled_without_the_hub_token(tmp_path, objective):
     torch.save(args, saved)  # what the Trainer writes as training_args.bin
     assert b"hf_secret_token_123" not in saved.getvalue()
     assert args.hub_token == "hf_secret_token_123"  # the run itself still has it (push_to_hub)
+
+
+# -- point 8: numerics off the main path -------------------------------------------------------------------------------
+def test_a_float64_model_gives_float64_rewards(tokenizer):
+    import torch
+
+    from avalign import TQRModel
+
+    from conftest import tiny_backbone
+
+    model = TQRModel(tiny_backbone("gpt2", tokenizer)).double()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    out = model(ids, torch.ones_like(ids), torch.tensor([[0, 0, 1, 1]]), with_q=False)
+    assert out.reward_mean.dtype == out.reward_log_std.dtype == torch.float64
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_left_and_right_padding_give_the_same_outputs(tokenizer, arch):
+    import torch
+
+    from avalign import TQRModel
+
+    from conftest import tiny_backbone
+
+    model = TQRModel(tiny_backbone(arch, tokenizer)).eval()
+    pad = tokenizer.pad_token_id
+    rows = [([5, 6, 7, 9], [10, 11, 12]), ([5, 6], [13])]  # (prompt, response) of different lengths
+    width = max(len(p) + len(r) for p, r in rows)
+
+    def batch(left: bool):
+        ids, attention, completion = [], [], []
+        for prompt, response in rows:
+            padding = width - len(prompt) - len(response)
+            sequence, marks = prompt + response, [0] * len(prompt) + [1] * len(response)
+            ids.append([pad] * padding + sequence if left else sequence + [pad] * padding)
+            attention.append([0] * padding + [1] * len(sequence) if left else [1] * len(sequence) + [0] * padding)
+            completion.append([0] * padding + marks if left else marks + [0] * padding)
+        return [torch.tensor(x) for x in (ids, attention, completion)]
+
+    with torch.no_grad():
+        right, left = model(*batch(left=False)), model(*batch(left=True))
+    for name in ("reward_mean", "reward_log_std", "reward_weights", "q_values"):
+        torch.testing.assert_close(getattr(left, name)[left.mask], getattr(right, name)[right.mask], rtol=1e-5, atol=1e-5)

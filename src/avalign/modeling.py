@@ -11,6 +11,7 @@ transition (state x_{0..i}, action x_{i+1}), i = 0..L-2:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -67,6 +68,11 @@ class TQRConfig:
             raise ConfigError(f"q_chunk_size must be None or >= 1, got {self.q_chunk_size}")
         if self.q_kernel not in Q_KERNELS:
             raise ConfigError(f"unknown q_kernel '{self.q_kernel}'; expected one of {list(Q_KERNELS)}")
+
+
+def upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in at least float32: bf16/fp16 outputs are upcast for the loss, float64 ones stay float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 @dataclass
@@ -278,7 +284,12 @@ class TQRModel(nn.Module):
                 encoder_hidden_states=encoder_out.last_hidden_state,
                 encoder_attention_mask=attention_mask,
             ).last_hidden_state
-        return self.backbone.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        base = self.backbone.base_model
+        positions = {}
+        if attention_mask is not None and "position_ids" in inspect.signature(base.forward).parameters:
+            # Positions count real tokens only, so a left-padded row is embedded as the same row padded right.
+            positions["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return base(input_ids=input_ids, attention_mask=attention_mask, **positions).last_hidden_state
 
     def _packed_hidden_states(self, input_ids, position_ids, completion_mask):
         """Backbone over a packed row, then (hidden, tokens, token mask, completion mask) unpacked to [S, L_max]."""
@@ -337,11 +348,11 @@ class TQRModel(nn.Module):
             q_flat = run_as_forward(head, self._taken_q_values, state_hidden[mask], tokens[:, 1:][mask])
             q_values = q_values.to(q_flat.dtype).masked_scatter(mask, q_flat)
 
-        reward = self.reward_head(next_hidden).float()
+        reward = upcast(self.reward_head(next_hidden))
         reward_mean = reward[..., 0].contiguous()  # a copy: FSDP2 warns of outputs that are views
         reward_log_std = reward[..., 1].clamp(self.tqr_config.log_std_min, self.tqr_config.log_std_max)
         if self.reward_weights is not None:
             weights = self.reward_weights(next_hidden, mask, self.tqr_config.rescale_reward_weights)
         else:
-            weights = mask.float()
+            weights = mask.to(reward.dtype)
         return TQROutput(q_values, reward_mean, reward_log_std, weights, mask)

@@ -21,7 +21,7 @@ from .data.tokenize import ensure_pad_token, tokenize_dataset
 from .evaluation.pairwise import bootstrap_interval, pairwise_correct
 from .losses import sequence_rewards
 from .errors import ConfigError, DataError
-from .modeling import TQR_CONFIG_NAME, TQRModel, TQROutput
+from .modeling import TQR_CONFIG_NAME, TQRModel, TQROutput, upcast
 from .training_record import load_training_record
 
 
@@ -233,8 +233,8 @@ class BTRewardModel(_PairEvaluation):
     def forward_features(self, features: list[dict], keys: tuple[str, ...] = ("completion",)) -> torch.Tensor:
         """One score per sequence for tokenised rows: a block of rows per response key, in ``keys`` order."""
         batch = collate_sequences(features, keys, self.tokenizer.pad_token_id)
-        return self.model(input_ids=batch["input_ids"].to(self.device),
-                          attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0].float()
+        return upcast(self.model(input_ids=batch["input_ids"].to(self.device),
+                                 attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0])
 
     def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
         rows = _prompt_completion_rows(prompts, responses)
