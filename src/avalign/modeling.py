@@ -287,8 +287,11 @@ class TQRModel(nn.Module):
         base = self.backbone.base_model
         positions = {}
         if attention_mask is not None and "position_ids" in inspect.signature(base.forward).parameters:
-            # Positions count real tokens only, so a left-padded row is embedded as the same row padded right.
-            positions["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            # Positions start at a row's first real token, so a left-padded row is embedded as the same row padded
+            # right; a right-padded batch gets exactly the default positions 0..L-1.
+            leading_padding = (attention_mask.long().cumsum(-1) == 0).sum(-1, keepdim=True)
+            positions["position_ids"] = (torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+                                         - leading_padding).clamp(min=0)
         return base(input_ids=input_ids, attention_mask=attention_mask, **positions).last_hidden_state
 
     def _packed_hidden_states(self, input_ids, position_ids, completion_mask):
