@@ -83,21 +83,23 @@ def test_resume_logs_the_same_losses(tokenizer, synthetic, tmp_path, capsys):
         args = config(output_dir, max_steps=6, save_strategy="steps", save_steps=3, learning_rate=5e-3)
         callbacks = [StopAt(stop_at)] if stop_at else None
         trainer = AVATrainer(model, args=args, train_dataset=synthetic[0], processing_class=tokenizer, callbacks=callbacks)
-        trainer.train(resume_from_checkpoint=resume)
-        return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}, model.state_dict()
+        output = trainer.train(resume_from_checkpoint=resume)
+        losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+        return losses, model.state_dict(), output.training_loss
 
-    full, full_weights = run(tmp_path / "full")
-    first, _ = run(tmp_path / "stopped", stop_at=3)
+    full, full_weights, full_train_loss = run(tmp_path / "full")
+    first, _, _ = run(tmp_path / "stopped", stop_at=3)
     # A checkpoint whose save was killed before trainer_state.json (written last): resume must skip it.
     shutil.copytree(tmp_path / "stopped" / "checkpoint-3", tmp_path / "stopped" / "checkpoint-4")
     (tmp_path / "stopped" / "checkpoint-4" / "trainer_state.json").unlink()
     capsys.readouterr()
-    resumed, resumed_weights = run(tmp_path / "stopped", resume=str(tmp_path / "stopped"))
+    resumed, resumed_weights, resumed_train_loss = run(tmp_path / "stopped", resume=str(tmp_path / "stopped"))
     assert "skipping" in capsys.readouterr().out
     assert sorted(full) == [1, 2, 3, 4, 5, 6] and sorted(first) == [1, 2, 3]
     assert {**first, **resumed} == full  # bitwise: the same losses, step by step
     assert full_weights.keys() == resumed_weights.keys()
     assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)  # and the same weights
+    assert resumed_train_loss == pytest.approx(full_train_loss, rel=1e-6)  # the mean over all 6 steps, not 3
     with pytest.raises(ConfigError, match="incomplete"):  # named explicitly: refused, not crashed on
         run(tmp_path / "stopped", resume=str(tmp_path / "stopped" / "checkpoint-4"))
 

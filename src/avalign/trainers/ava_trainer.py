@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections import defaultdict
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 
 from ..backbones import check_fits
 from ..data.cleaning import clean_dataset, require_dataset
@@ -35,6 +36,7 @@ from .ava_config import AVA_OBJECTIVES, AVAConfig
 from .callbacks import DivergenceGuard
 from .checkpoints import resumable_checkpoint
 
+_LOSS_TOTAL = "avalign_loss_total"  # key of the running loss sum in a checkpoint's trainer_state.json
 _CARD_OPTIONS = (
     "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "reduction", "use_reward_weights",
     "use_negative", "use_irl", "use_cer", "pretrained_q", "rescale_reward_weights", "weights_apply_to",
@@ -139,7 +141,23 @@ class AVATrainer(Trainer):
             resume_from_checkpoint = self.args.output_dir
         if isinstance(resume_from_checkpoint, str):
             resume_from_checkpoint = resumable_checkpoint(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if resume_from_checkpoint is None:
+            return output
+        # Trainer's train_loss after a resume averages only the steps run since; add the ones before it.
+        with open(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)) as handle:
+            saved = json.load(handle)
+        before = saved.get("stateful_callbacks", {}).get(_LOSS_TOTAL, {}).get("loss_total")
+        if before is None or not self.state.global_step:
+            return output
+        since = self.state.global_step - saved["global_step"]
+        loss = (before + output.training_loss * since) / self.state.global_step
+        return output._replace(training_loss=loss, metrics={**output.metrics, "train_loss": loss})
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # The sum of every training loss so far goes into the checkpoint (trainer_state.json), for train().
+        self.state.stateful_callbacks[_LOSS_TOTAL] = {"loss_total": self._total_loss_scalar + self._tr_loss.item()}
+        super()._save_checkpoint(model, trial)
 
     # -- data -----------------------------------------------------------------------------------------------
     def _tokenize(self, dataset, split, tokenizer, is_encoder_decoder, args) -> Dataset | None:
