@@ -355,3 +355,25 @@ def test_left_and_right_padding_give_the_same_outputs(tokenizer, arch):
         right, left = model(*batch(left=False)), model(*batch(left=True))
     for name in ("reward_mean", "reward_log_std", "reward_weights", "q_values"):
         torch.testing.assert_close(getattr(left, name)[left.mask], getattr(right, name)[right.mask], rtol=1e-5, atol=1e-5)
+
+
+# -- issue 15, item 6: CLI manners -------------------------------------------------------------------------------------
+def test_bare_avalign_prints_help_and_importing_it_loads_no_torch(capsys):
+    import subprocess
+    import sys
+
+    assert main([]) == 0 and capsys.readouterr().out.startswith("usage: avalign <command>")
+    code = "import sys, avalign; assert 'torch' not in sys.modules and 'transformers' not in sys.modules; avalign.AVAConfig"
+    subprocess.run([sys.executable, "-c", code], check=True)  # lazy, and the names still resolve
+
+
+def test_studies_skip_plots_without_matplotlib(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    from avalign.experiments import pyplot
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *args, **kwargs: (
+        (_ for _ in ()).throw(ImportError(name)) if name.startswith("matplotlib") else real_import(name, *args, **kwargs)))
+    assert pyplot(tmp_path) is None
+    assert "plots skipped: matplotlib is not installed" in capsys.readouterr().out
