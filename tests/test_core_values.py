@@ -121,3 +121,68 @@ def test_trainer_loss_is_the_ava_p_objective(tmp_path, synthetic, tokenizer, red
     loss, (out, _) = trainer.compute_loss(model, batch, return_outputs=True)
     assert loss.item() == pytest.approx(reference_ava_p_loss(out, reduction=reduction,
                                                              weights_apply_to=weights_apply_to, **options), rel=1e-5)
+
+
+# -- what mutation testing of losses.py found unchecked (docs/reliability.md) -----------------------------------------
+def test_logged_terms_are_the_batch_means_of_each_term():
+    from avalign.losses import ava_d_objective, ava_p_objective, cer_term, sequence_terms
+
+    from test_losses import loop_sequence, random_sequences
+
+    chosen, mask_c = random_sequences(seed=5)
+    rejected, mask_r = random_sequences(seed=6)
+    mask_r = mask_r.roll(1, dims=0)
+    opts = dict(gamma=0.9, reduction="mean", weights_apply_to="mean")
+    loops = {side: [loop_sequence(*(x[k][b] for k in x), m[b].tolist(), 0.9, "mean", "mean") for b in range(3)]
+             for side, x, m in (("c", chosen, mask_c), ("r", rejected, mask_r))}
+    mean = lambda values: sum(float(v.detach()) for v in values) / len(values)
+    ct, rt = sequence_terms(**chosen, mask=mask_c, **opts), sequence_terms(**rejected, mask=mask_r, **opts)
+    last_c, last_r = torch.tensor([0.3, -1.0, 2.0]), torch.tensor([0.1, 0.5, -0.5])
+    out = ava_p_objective(ct, rt, last_c, last_r, beta=1.0, lam=1.0, cer_form="logsigmoid")
+    expected = {
+        "q_chosen": mean([q for q, _, _ in loops["c"]]), "q_rejected": mean([q for q, _, _ in loops["r"]]),
+        "kl": mean([kl for _, kl, _ in loops["c"] + loops["r"]]), "td_log_lik": mean([td for _, _, td in loops["c"] + loops["r"]]),
+        "cer": float(torch.nn.functional.logsigmoid(last_c - last_r).mean()),
+    }
+    assert {k: float(v.detach()) for k, v in out.terms.items()} == pytest.approx(expected, rel=1e-9)
+    # cer_coef defaults to 1: the default objective is the one with the CER term counted once.
+    once = ava_p_objective(ct, rt, last_c, last_r, beta=1.0, lam=1.0, cer_coef=1.0, cer_form="logsigmoid")
+    assert float(out.objective.detach()) == pytest.approx(float(once.objective.detach()), rel=1e-12)
+    assert float(cer_term(last_c, last_r, "logsigmoid").mean()) == pytest.approx(expected["cer"])
+    d = ava_d_objective(ct, beta=1.0, lam=1.0)
+    assert {k: float(v.detach()) for k, v in d.terms.items()} == pytest.approx(
+        {"q": expected["q_chosen"], "kl": mean([kl for _, kl, _ in loops["c"]]),
+         "td_log_lik": mean([td for _, _, td in loops["c"]])}, rel=1e-9)
+
+
+def test_unknown_loss_options_are_refused_by_name():
+    from avalign.errors import ConfigError
+    from avalign.losses import cer_term, reduce_positions, sequence_terms
+
+    from test_losses import random_sequences
+
+    x, mask = random_sequences()
+    with pytest.raises(ConfigError, match="unknown reduction 'max'"):
+        reduce_positions(x["q_values"], mask, "max")
+    with pytest.raises(ConfigError, match="unknown weights_apply_to 'std'"):
+        sequence_terms(**x, mask=mask, gamma=1.0, weights_apply_to="std")
+    with pytest.raises(ConfigError, match="unknown cer_form 'tanh'"):
+        cer_term(torch.zeros(1), torch.zeros(1), "tanh")
+
+
+def test_last_score_of_a_response_that_starts_and_ends_at_the_first_column():
+    from avalign.losses import sequence_rewards
+
+    mu, w = torch.tensor([[2.0, 3.0, 5.0], [2.0, 3.0, 5.0]]), torch.tensor([[0.5, 1.0, 1.0], [0.5, 1.0, 1.0]])
+    mask = torch.tensor([[True, False, False], [False, True, False]])
+    assert sequence_rewards(mu, w, mask)["last"].tolist() == [1.0, 3.0]
+
+
+def test_preference_transformer_objective_is_the_bradley_terry_log_likelihood():
+    from avalign.losses import preference_transformer_objective
+
+    chosen, rejected = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), torch.tensor([0.0, 1.0, 2.5], dtype=torch.float64)
+    expected = sum(-math.log1p(math.exp(-(c - r))) for c, r in zip(chosen.tolist(), rejected.tolist())) / 3
+    out = preference_transformer_objective(chosen, rejected)
+    assert float(out.objective) == pytest.approx(expected, rel=1e-12) and float(out.loss) == pytest.approx(-expected)
+    assert float(out.terms["bt_log_lik"]) == pytest.approx(expected, rel=1e-12)
