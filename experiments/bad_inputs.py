@@ -34,6 +34,9 @@ def cases(work: Path) -> list[tuple[str, list[str], str]]:
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2)).save_pretrained(
         work / "not_a_model")
     tokenizer.save_pretrained(work / "not_a_model")
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer) - 5, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
+        work / "small_vocab")
+    tokenizer.save_pretrained(work / "small_vocab")
     out = str(work / "out")
     train = ["train", "--output_dir", out, *TINY]
     diverge = ["--learning_rate", "1e6", "--max_steps", "10", "--synthetic_train_size", "160"]
@@ -57,7 +60,9 @@ def cases(work: Path) -> list[tuple[str, list[str], str]]:
         ("dpo_beta 0", [*train, "--objective", "dpo", "--dpo_beta", "0"], "error"),
         ("max_length 0", [*train, "--max_length", "0"], "error"),
         ("eval_fraction 1.5", [*train, "--eval_fraction", "1.5"], "error"),
-        ("max_length beyond positions", [*train, "--backbone_arch", "gpt2", "--max_length", "100000"], "error"),
+        ("max_length beyond positions", [*train, "--model_name_or_path", str(work / "not_a_model"), "--max_length",
+                                         "2000"], "error"),  # GPT-2 embeds 1024 positions
+        ("tokenizer beyond vocabulary", [*train, "--model_name_or_path", str(work / "small_vocab")], "error"),
         ("unknown objective", [*train, "--objective", "ppo"], "error"),
         ("dpo diverges", [*train, "--objective", "dpo", *diverge], "error"),
         ("bt diverges", [*train, "--objective", "bt", *diverge], "error"),
