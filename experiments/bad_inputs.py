@@ -37,8 +37,8 @@ def cases(work: Path) -> list[tuple[str, list[str], str]]:
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer) - 5, n_embd=16, n_layer=1, n_head=2)).save_pretrained(
         work / "small_vocab")
     tokenizer.save_pretrained(work / "small_vocab")
-    out = str(work / "out")
-    train = ["train", "--output_dir", out, *TINY]
+    out = str(work / "out")  # the control run's model, which the evaluate cases read; no other case writes there
+    train = ["train", *TINY]
     diverge = ["--learning_rate", "1e6", "--max_steps", "10", "--synthetic_train_size", "160"]
     return [
         ("unknown flag", [*train, "--no_such_flag", "1"], "error"),
@@ -72,7 +72,7 @@ def cases(work: Path) -> list[tuple[str, list[str], str]]:
         ("evaluate batch size 0", ["evaluate", "--model_name_or_path", out, "--batch_size", "0"], "error"),
         ("evaluate missing model", ["evaluate", "--model_name_or_path", str(work / "nowhere")], "error"),
         ("evaluate LM without reward head", ["evaluate", "--model_name_or_path", str(work / "not_a_model")], "error"),
-        ("train tiny (control)", train, "ok"),
+        ("train tiny (control)", [*train, "--output_dir", out], "ok"),
     ]
 
 
@@ -87,8 +87,10 @@ def classify(expected: str, code: int, stderr: str) -> str:
     return "clear error" if code == 2 and len(errors) == 1 else "other"
 
 
-def run_case(case, env) -> tuple[str, str, int, str]:
+def run_case(case, env, work: Path) -> tuple[str, str, int, str]:
     name, argv, expected = case
+    if argv[0] == "train" and "--output_dir" not in argv:  # a directory of its own: cases run side by side
+        argv = [*argv, "--output_dir", str(work / "runs" / name.replace(" ", "-"))]
     result = subprocess.run([sys.executable, "-m", "avalign.cli", *argv], capture_output=True, text=True, env=env,
                             timeout=600)
     last = (result.stderr.strip().splitlines() or [""])[-1][:160]
@@ -105,9 +107,9 @@ def main() -> None:
         selected = [c for c in cases(Path(work)) if args.only is None or c[0] in args.only]
         # The control run first: the evaluate cases read its output directory.
         control = [c for c in selected if c[2] == "ok"]
-        results = [run_case(c, env) for c in control]
+        results = [run_case(c, env, Path(work)) for c in control]
         with ThreadPoolExecutor(args.jobs) as pool:
-            results += list(pool.map(lambda c: run_case(c, env), [c for c in selected if c[2] != "ok"]))
+            results += list(pool.map(lambda c: run_case(c, env, Path(work)), [c for c in selected if c[2] != "ok"]))
     for name, outcome, code, last in results:
         print(f"{name:<30} {outcome:<12} exit {code:<3} {last}")
     counts: dict[str, int] = {}
