@@ -15,8 +15,12 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Trains AVA-p on the embedded synthetic task, then draws the per-token rewards of a few evaluation pairs.
 demo: setup
 	$(VENV)/bin/avalign train
+	$(VENV)/bin/avalign score --model_name_or_path outputs/ava-synthetic --dataset_name synthetic --max_rows 12 \
+		--output_file outputs/ava-synthetic/scored.jsonl --html outputs/ava-synthetic/report.html
+	@echo "Per-token rewards of 12 evaluation pairs: open outputs/ava-synthetic/report.html in a browser"
 
 test: setup
 	$(PY) -m pytest tests

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling scripts, however this one is loaded
 
 from avalign.ops import pretrained_q_values  # noqa: E402
-from train_step import machine_info, synchronize, versions  # noqa: E402
+from common import machine_info, synchronize, versions  # noqa: E402
 from vocab_memory import naive_pretrained_q_values  # noqa: E402
 
 MIB = 2**20

@@ -19,7 +19,7 @@ A step is what the Trainer does between its ``on_step_begin`` and ``on_step_end`
 backward, gradient clipping, AdamW step, scheduler step and zero_grad (data loading is outside). Every
 method runs in its own subprocess so that memory peaks do not mix:
 
-* CPU: peak RSS (getrusage ru_maxrss; the kernel's high-water mark is reset when training starts) and the
+* CPU: peak RSS (VmHWM of /proc/self/status; the kernel's high-water mark is reset when training starts) and the
   RSS just before training starts; the table shows their difference, the JSON both;
 * CUDA: torch.cuda.max_memory_allocated and the memory allocated when training starts.
 
@@ -39,11 +39,8 @@ import datetime
 import itertools
 import json
 import os
-import platform
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +60,10 @@ from transformers import (
 )
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-import avalign
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling modules, however this one is loaded
+from common import (  # noqa: E402
+    current_rss, machine_info, peak_rss, reset_peak_rss, run_command, synchronize, versions)
+
 from avalign import AVAConfig, AVARewardModel, AVATrainer, TQRModel
 from avalign.backbones import build_backbone
 from avalign.data.synthetic import SPECIAL_TOKENS
@@ -195,32 +195,6 @@ def pair_token_counts(pairs: list[dict], tokenizer) -> dict[str, int]:
 
 
 # -- one method in one process ----------------------------------------------------------------------------
-def synchronize(device: torch.device) -> None:
-    """Wait for queued CUDA work, so that wall-clock times cover it; nothing to do on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (and so ru_maxrss) to the current RSS: peaks of loading and
-    tokenising then do not count as training peaks. False where /proc/self/clear_refs is not writable."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 class StepRecorder(TrainerCallback):
     """Times each optimizer step (on_step_begin .. on_step_end) and records memory from the start of training."""
 
@@ -413,39 +387,7 @@ def run_in_subprocess(task: str, preset_name: str, model_dir: str, env: dict, th
                "--model-dir", model_dir]
     if threads is not None:
         command += ["--threads", str(threads)]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        return {"error": f"exit {result.returncode}: {result.stderr.strip()[-2000:]}"}
-    return json.loads(lines[-1])
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"platform": platform.platform(), "machine": platform.machine(), "nproc": os.cpu_count(),
-            "cpu_model": cpu, "torch_default_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def versions() -> dict:
-    import accelerate
-    import datasets
-    import transformers
-    import trl
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__, "accelerate": accelerate.__version__, "datasets": datasets.__version__,
-            "avalign": avalign.__version__}
+    return run_command(command, env, timeout)
 
 
 def ratio(a, b):
@@ -464,7 +406,7 @@ def render(report: dict) -> str:
     checkpointing = [n for n, r in ok.items() if r["activation_checkpointing"]]
     memory_kind = ("torch.cuda.max_memory_allocated minus the memory allocated when training starts"
                    if s["device"] == "cuda" else
-                   "peak RSS (ru_maxrss, high-water mark reset when training starts) minus the RSS then")
+                   "peak RSS (VmHWM, high-water mark reset when training starts) minus the RSS then")
     lines = [
         f"# Training step: AVA vs DPO, Bradley-Terry and SFT (preset `{report['preset']}`)",
         "",
@@ -621,28 +563,32 @@ def main(argv=None):
             print(f"[train_step] {method} ...", file=sys.stderr, flush=True)
             report["methods"][method] = run_in_subprocess(method, args.preset, model_dir, env, preset.threads,
                                                           preset.method_timeout_s)
-            if args.json:  # what is measured so far survives a run stopped from outside
-                with open(args.json, "w") as f:
-                    json.dump(report, f, indent=2, default=str)
+            write(report, args.json)  # what is measured so far survives a run stopped from outside
+        # The matmul rate and MFU right after the step timings, and both files written: scoring comes last.
+        report["matmul"] = run_in_subprocess("matmul", args.preset, model_dir, env, preset.threads)
+        if "flops_per_s" in report["matmul"]:
+            report["mfu"] = {
+                name: 6 * settings["parameters"] * r["tokens_per_step"] / r["step_s"] / report["matmul"]["flops_per_s"]
+                for name, r in report["methods"].items() if "step_s" in r
+            }
+        report["load_average"] = {"start": load_start, "end": os.getloadavg()}
+        write(report, args.json, args.markdown)
         if not args.no_scoring:
             print("[train_step] scoring ...", file=sys.stderr, flush=True)
             report["scoring"] = run_in_subprocess("scoring", args.preset, model_dir, env, preset.threads)
-        report["matmul"] = run_in_subprocess("matmul", args.preset, model_dir, env, preset.threads)
-    report["load_average"] = {"start": load_start, "end": os.getloadavg()}
-    if "flops_per_s" in report["matmul"]:
-        report["mfu"] = {
-            name: 6 * settings["parameters"] * r["tokens_per_step"] / r["step_s"] / report["matmul"]["flops_per_s"]
-            for name, r in report["methods"].items() if "step_s" in r
-        }
-    markdown = render(report)
-    print(markdown)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(markdown)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2, default=str)
+    report["load_average"]["end"] = os.getloadavg()
+    write(report, args.json, args.markdown)
+    print(render(report))
 
+
+def write(report: dict, json_path: str | None, markdown_path: str | None = None) -> None:
+    """Write the report as it stands: the JSON, and the markdown table when asked."""
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(render(report))
 
 if __name__ == "__main__":
     main()

@@ -95,17 +95,18 @@ def test_saved_dataset_dict_uses_its_train_and_test_splits(tmp_path):
 def test_hub_ids_go_through_datasets_load_dataset(monkeypatch):
     calls = []
 
-    def fake_hub(name):
-        calls.append(name)
+    def fake_hub(name, config=None):
+        calls.append((name, config))
         if name == "org/missing":
             raise ConnectionError("offline")
         return datasets.DatasetDict(train=datasets.Dataset.from_list(PAIRS))
 
     monkeypatch.setattr(loading.datasets, "load_dataset", fake_hub)
     assert len(load_dataset("org/pairs", eval_fraction=0.0).train) == len(PAIRS)
+    load_dataset("org/pairs", eval_fraction=0.0, dataset_config="helpful")  # TRL's --dataset_config
     with pytest.raises(DataError, match="org/missing.*ConnectionError: offline"):
         load_dataset("org/missing")
-    assert calls == ["org/pairs", "org/missing"]
+    assert calls == [("org/pairs", None), ("org/pairs", "helpful"), ("org/missing", None)]
 
 
 def test_missing_local_path_is_not_sent_to_the_hub(tmp_path):

@@ -172,3 +172,44 @@ def test_save_pretrained_writes_a_given_state_dict(tokenizer, tmp_path):
     loaded = TQRModel.from_pretrained(str(tmp_path))
     for name, value in loaded.state_dict().items():
         torch.testing.assert_close(value, gathered[name], msg=name)
+
+
+def whole_attention_reward_weights(module, hidden, mask, rescale):
+    """Eq. 11 with the whole [B, T, T] attention materialised: the form before chunking, kept as the reference."""
+    queries, keys = module.query(hidden).float(), module.key(hidden).float()
+    scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
+    scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+    attention = scores.softmax(-1) * mask[:, :, None]
+    counts = mask.sum(-1, keepdim=True).clamp(min=1)
+    weights = attention.sum(1) / counts * mask
+    return weights * counts if rescale else weights
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("chunk_rows", [1, 3])
+def test_chunked_reward_weights_equal_the_whole_attention(packed, chunk_rows, tokenizer, synthetic):
+    """Query rows in chunks (each recomputed in the backward) give the whole attention's weights and gradients, for
+    padded batches and padding-free packed rows, whatever the chunk size (3 rows leave a ragged last chunk)."""
+    from avalign.data.collator import collate_packed, collate_sequences
+
+    data, _ = tokenize_dataset(synthetic[0].select(range(4)), tokenizer, max_length=48)
+    features = [data[i] for i in range(len(data))]
+    collate = collate_packed if packed else lambda f, keys: collate_sequences(f, keys, tokenizer.pad_token_id)
+    model = TQRModel(tiny_backbone("llama", tokenizer))
+    batch = collate(features, ("chosen", "rejected"))
+    batch.pop("is_preference")
+    with torch.no_grad():
+        mask = model(**batch, with_q=False).mask
+    model.reward_weights.chunk_elements = chunk_rows * mask.numel()  # chunk_rows query rows per chunk
+    assert mask.shape[-1] > 2 * chunk_rows and mask.any()
+    chunked = model.reward_weights.forward
+    results = []
+    for forward in (chunked, lambda *a: whole_attention_reward_weights(model.reward_weights, *a)):
+        model.reward_weights.forward = forward
+        model.zero_grad()
+        weights = model(**batch, with_q=False).reward_weights
+        (weights * torch.randn(weights.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+        results.append([weights] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 10  # gradients reach the backbone through the weights
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

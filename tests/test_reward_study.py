@@ -12,7 +12,8 @@ from conftest import SHARED_DATA
 from avalign.data.cleaning import CleaningReport
 from avalign.data.formats import Record
 from avalign.data.splits import group_key, split_by_prompt, fold_range
-from avalign.evaluation.pairwise import paired_difference
+from avalign.errors import ConfigError
+from avalign.evaluation.pairwise import bootstrap_interval, paired_difference
 from avalign.evaluation.rewardbench import EXAMPLE_COUNTS, rewardbench_metrics, rewardbench_rows
 
 
@@ -43,6 +44,33 @@ def test_paired_difference_estimate_and_interval():
     # a larger evaluation set per seed narrows the interval
     _, narrow_low, narrow_high = paired_difference([np.tile(s, 10) for s in seeds])
     assert narrow_high - narrow_low < high - low
+
+
+def test_shared_pairs_are_resampled_jointly_across_seeds():
+    """Seeds that score the same pairs share the evaluation set's luck: with identical seeds the interval is the
+    single-level bootstrap of one seed (scipy's), not the narrower one of independent resamples."""
+    rng = np.random.default_rng(1)
+    pairs = rng.integers(0, 2, size=200).astype(float)
+    seeds = [pairs] * 4
+    _, low, high = paired_difference(seeds, shared=True, resamples=4000)
+    single_low, single_high = bootstrap_interval(pairs, resamples=4000)
+    assert (low, high) == pytest.approx((single_low, single_high), abs=0.012)
+    _, independent_low, independent_high = paired_difference(seeds, resamples=4000)
+    assert high - low > 1.5 * (independent_high - independent_low)  # about 2x: independent resamples average out
+
+
+def test_clusters_resample_the_pairs_of_one_prompt_together():
+    """Five pairs per prompt, all alike: the clustered interval is the one of the 60 prompts, not of 300 pairs."""
+    rng = np.random.default_rng(2)
+    per_prompt = rng.integers(0, 2, size=60).astype(float)
+    pairs, prompts = np.repeat(per_prompt, 5), np.repeat(np.arange(60), 5)
+    _, low, high = paired_difference([pairs] * 3, shared=True, clusters=prompts, resamples=4000)
+    prompt_low, prompt_high = bootstrap_interval(per_prompt, resamples=4000)
+    assert (low, high) == pytest.approx((prompt_low, prompt_high), abs=0.02)
+    _, pair_low, pair_high = paired_difference([pairs] * 3, shared=True, resamples=4000)
+    assert high - low > 1.8 * (pair_high - pair_low)
+    with pytest.raises(ConfigError, match="not one set"):
+        paired_difference([pairs, pairs[:-1]], shared=True)
 
 
 def test_rewardbench_section_weighting_by_hand():
@@ -192,3 +220,34 @@ def test_variants_extend_an_objective_and_bad_ones_are_named(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="variant 'x'"):
         StudyConfig.from_yaml(str(path))
+
+
+def test_dense_reward_stage_scores_every_method_against_gold(tmp_path):
+    """Each method's per-token readings are compared with the gold rewards of the same evaluation tokens; the
+    report carries the dense table and its plots."""
+    from avalign.experiments.reward_modeling import StudyConfig, run_study
+
+    path = study_config(tmp_path, [{"name": "synthetic", "synthetic_train_size": 24, "synthetic_eval_size": 12}])
+    raw = yaml.safe_load(path.read_text())
+    raw.update(seeds=[0, 1], objectives=["bt", "ava-p", "dpo", "oracle-probe"])
+    path.write_text(yaml.safe_dump(raw))
+    results = run_study(StudyConfig.from_yaml(str(path)), progress=False)
+    readings = {"bt": ["prefix_difference"], "ava-p": ["token_reward", "mu"], "dpo": ["implicit"],
+                "oracle-probe": ["probe"]}
+    from avalign.data.synthetic import synthetic_datasets
+
+    _, evaluation, _ = synthetic_datasets("preference", 24, 12)
+    words = sum(len(g) for key in ("chosen", "rejected") for g in evaluation[f"{key}_gold_rewards"])
+    for objective, names in readings.items():
+        dense = results["cells"][f"synthetic|tiny|{objective}|0"]["dense"]
+        assert list(dense) == names
+        for values in dense.values():
+            assert values["tokens"] == words  # every response word of the 12 pairs, EOS left out
+            assert -1 <= values["pearson"] <= 1 and -1 <= values["spearman"] <= 1
+    cell = results["cells"]["synthetic|tiny|ava-p|0"]
+    assert cell["dense"]["mu"]["pearson"] == pytest.approx(cell["gold_reward_pearson"], abs=1e-6)
+    assert cell["dense"]["token_reward"]["pearson"] == pytest.approx(cell["gold_weighted_reward_pearson"], abs=1e-6)
+    table = (tmp_path / "study" / "results.md").read_text()
+    assert "| Oracle: linear probe on gold | probe |" in table and "| DPO (implicit reward) | implicit |" in table
+    assert (tmp_path / "study" / "dense-scatter-synthetic-tiny.png").exists()
+    assert (tmp_path / "study" / "dense-tokens-synthetic-tiny.png").exists()

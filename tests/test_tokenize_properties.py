@@ -48,3 +48,22 @@ def test_tokenize_and_collate_or_data_error(cols, rows, max_length, too_long, se
     assert ((batch["completion_mask"] == 1) <= (sequence_mask == 1)).all()
     assert sequence_mask.sum(1).max() <= max_length
     assert batch["attention_mask"].sum(1).max() <= max_length
+
+
+def test_map_in_processes_keeps_rows_and_counts_exact(synthetic):
+    """datasets.map over 2 processes: the same rows, in order, and truncation counts equal to the sum of the counts
+    of every row tokenised alone."""
+    pairs = synthetic[0].select(range(40)).select_columns(["prompt", "chosen", "rejected"])
+    for too_long, max_length in (("truncate", 8), ("drop", 14)):
+        tokenized, report = tokenize_dataset(pairs, TOKENIZER, max_length=max_length, too_long=too_long, num_proc=2)
+        alone = []
+        for i in range(len(pairs)):
+            try:
+                alone.append(tokenize_dataset(pairs.select([i]), TOKENIZER, max_length=max_length, too_long=too_long))
+            except DataError:  # the row alone was dropped: nothing left
+                alone.append((None, None))
+        assert tokenized.to_list() == [row for rows, _ in alone if rows is not None for row in rows.to_list()]
+        for count in ("prompt_truncated", "response_truncated"):
+            assert getattr(report, count) == sum(getattr(r, count) for _, r in alone if r is not None)
+        assert report.dropped_too_long == sum(r is None for _, r in alone)
+        assert len(tokenized) > 0 and (report.dropped_too_long > 0 if too_long == "drop" else report.prompt_truncated > 0)

@@ -183,3 +183,27 @@ def test_preference_transformer_return_is_the_attention_weighted_reward_sum(toke
         weights = torch.softmax(q @ k.T / q.shape[-1] ** 0.5, dim=-1).mean(0)
         expected = (weights * model.reward_head(hidden)[:, 0]).sum()
         assert scored.sum == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+
+
+def test_activation_checkpointing_trains_identically_without_deprecation_warnings(tokenizer, synthetic, tmp_path):
+    """--gradient_checkpointing / --activation_checkpointing: the backbone recomputes its activations (checked on),
+    through the API transformers keeps (no warning that the model 'only defines gradient_checkpointing_enable'),
+    with the same losses and parameters as without."""
+    import warnings
+
+    runs = {}
+    for checkpointing in (False, True):
+        model = TQRModel(tiny_backbone("llama", tokenizer))
+        trainer = AVATrainer(model, args=config(tmp_path, activation_checkpointing=checkpointing),
+                             train_dataset=synthetic[0], processing_class=tokenizer)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.train()
+        assert model.is_activation_checkpointing == checkpointing
+        deprecated = [str(w.message) for w in caught if "checkpointing" in str(w.message)]
+        assert deprecated == []
+        runs[checkpointing] = ([h["loss"] for h in trainer.state.log_history if "loss" in h],
+                               {n: p.detach().clone() for n, p in model.named_parameters()})
+    assert runs[False][0] == pytest.approx(runs[True][0], rel=1e-5)
+    for name, value in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], value, rtol=1e-4, atol=1e-6)

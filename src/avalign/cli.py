@@ -10,6 +10,8 @@ from .errors import AvalignError
 COMMANDS = {
     "train": ("avalign.commands.train", "train an AVA (or baseline) model"),
     "evaluate": ("avalign.commands.evaluate", "pairwise accuracy of a trained reward model"),
+    "score": ("avalign.commands.score", "score a file of responses: per-token rewards to JSONL, HTML, PNG"),
+    "serve": ("avalign.commands.serve", "serve a reward model over HTTP (OpenRLHF's remote reward protocol)"),
     "generate": ("avalign.commands.generate", "sample completions from a policy to JSONL"),
     "bon": ("avalign.commands.bon", "best-of-N sampling with a reward model"),
     "ppo": ("avalign.commands.ppo", "PPO on a policy with (dense) AVA or baseline rewards"),
@@ -18,6 +20,7 @@ COMMANDS = {
     "data": ("avalign.commands.data", "dataset statistics (`avalign data stats ...`)"),
     "tokenizer": ("avalign.commands.tokenizer", "train an offline byte-level BPE tokenizer"),
     "convert": ("avalign.commands.convert", "convert checkpoints (`avalign convert llama2c ...`)"),
+    "merge": ("avalign.commands.merge", "fold a LoRA adapter into its base model and write a plain model"),
 }
 
 

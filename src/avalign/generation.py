@@ -72,9 +72,10 @@ def boltzmann_policy(model: TQRModel, beta: float = 1.0) -> PreTrainedModel:
 def load_policy(path: str, *, beta: float = 1.0, device: str | torch.device | None = None):
     """(policy LM, tokenizer) from a plain Hugging Face causal-LM / seq2seq directory or a saved TQR model.
 
-    A plain directory and a pretrained-Q TQR model give their backbone; a fresh-Q-head TQR model gives the
+    A plain directory and a pretrained-Q TQR model give their backbone (with a LoRA adapter merged into it); a fresh-Q-head TQR model gives the
     Boltzmann policy softmax(beta * Q). ``device``: default CUDA when available."""
-    model = TQRModel.from_pretrained(path)  # a plain LM directory gets pretrained-Q heads: its backbone is the LM
+    # A plain LM directory gets pretrained-Q heads: its backbone is the LM. A LoRA adapter is merged for sampling.
+    model = TQRModel.from_pretrained(path).merge_and_unload()
     if model.q_head is None and beta != 1.0:
         raise ConfigError(f"beta applies to TQR models with a fresh Q head; '{path}' samples its LM (use temperature)")
     policy = model.backbone if model.q_head is None else boltzmann_policy(model, beta)

@@ -79,8 +79,12 @@ def sequence_terms(
     gamma: float,
     reduction: str = "mean",
     weights_apply_to: str = "mean",
+    td_baseline: torch.Tensor | None = None,
 ) -> SequenceTerms:
     """Per-sequence pieces of Eq. 13 for one batch of sequences.
+
+    ``td_baseline``: Q values of a reference (the initial model) subtracted before the TD error, so the reward
+    explains the change that training makes to Q rather than the LM's own TD errors (``AVAConfig.td_reference``).
 
     The TD likelihood scores delta_t under the weighted reward distribution N(w_t mu_t, sigma_t^2) (or
     N(w_t mu_t, (w_t sigma_t)^2) with ``weights_apply_to="mean_std"``). The KL is on the unweighted posterior,
@@ -88,7 +92,7 @@ def sequence_terms(
     """
     if weights_apply_to not in WEIGHT_TARGETS:
         raise ConfigError(f"unknown weights_apply_to '{weights_apply_to}'; expected one of {WEIGHT_TARGETS}")
-    td, td_mask = td_error(q_values, mask, gamma)
+    td, td_mask = td_error(q_values if td_baseline is None else q_values - td_baseline, mask, gamma)
     weighted_mean = reward_weights * reward_mean
     weighted_log_std = reward_log_std
     if weights_apply_to == "mean_std":
@@ -144,8 +148,8 @@ def cer_term(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor, form: s
 def ava_p_objective(
     chosen: SequenceTerms,
     rejected: SequenceTerms,
-    chosen_last_reward: torch.Tensor,
-    rejected_last_reward: torch.Tensor,
+    chosen_reward: torch.Tensor,
+    rejected_reward: torch.Tensor,
     *,
     beta: float,
     lam: float,
@@ -158,14 +162,15 @@ def ava_p_objective(
     """Eq. 17 (AVA-p) plus the CER auxiliary of Eq. 18, over preference pairs.
 
     beta * Q(y+) - beta * Q(y-) + sum over both sequences of (lambda * log q_phi(delta) - KL(q_phi || p))
-    + cer_coef * CER(last-step reward means). Ablations: ``use_negative=False`` ("w/o neg") drops the
+    + cer_coef * CER(chosen_reward, rejected_reward): the expected rewards E[R | y] CER ranks, the last step's
+    weighted reward means as printed, or the weighted returns (``AVAConfig.cer_target``). Ablations: ``use_negative=False`` ("w/o neg") drops the
     rejected Q term, ``use_irl=False`` ("w/o irl") the KL and TD terms, ``use_cer=False`` ("w/o cer") CER.
     """
     q_part = beta * chosen.q_term - (beta * rejected.q_term if use_negative else 0.0)
     irl_part = torch.zeros_like(q_part)
     if use_irl:
         irl_part = lam * (chosen.td_term + rejected.td_term) - (chosen.kl_term + rejected.kl_term)
-    cer = cer_term(chosen_last_reward, rejected_last_reward, cer_form)
+    cer = cer_term(chosen_reward, rejected_reward, cer_form)
     cer_part = cer_coef * cer if use_cer else torch.zeros_like(q_part)
     objective = (q_part + irl_part + cer_part).mean()
     terms = {

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
@@ -32,6 +33,7 @@ from .ops import Q_KERNELS, pretrained_q_values
 TQR_CONFIG_NAME = "tqr_config.json"
 TQR_HEADS_NAME = "tqr_heads.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # PEFT's: a directory holding a backbone's adapter, not its weights
 
 
 @dataclass
@@ -57,6 +59,11 @@ class TQRConfig:
         default="torch",
         metadata={"help": "Q computation: torch, triton (fused kernels) or auto (triton on CUDA when installed). "
                   "triton and auto are opt-in until the kernels have been run on a GPU (docs/performance.md)."},
+    )
+    scoring: str = field(
+        default="last",
+        metadata={"help": "The sequence score the model was trained to rank by (AVAConfig.scoring): scoring and "
+                  "evaluation use it first. Models saved before it existed ranked by last."},
     )
 
     def __post_init__(self) -> None:
@@ -86,23 +93,43 @@ class TQROutput:
     mask: torch.Tensor
 
 
+def _attention_column_sums(queries: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                           row_mask: torch.Tensor) -> torch.Tensor:
+    """sum over the (valid) query rows given of softmax_t(q_i . k_t / sqrt(d)) over the valid columns t: [B, T]."""
+    scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
+    scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+    return (scores.softmax(-1) * row_mask[:, :, None]).sum(1)  # invalid query rows contribute nothing
+
+
 class RewardWeights(nn.Module):
     """Eq. 11, as in the Preference Transformer: one single-head, non-causal attention layer over the valid
-    positions; w_t is the mean over (valid) query rows of softmax_t(q_i . k_t / sqrt(d))."""
+    positions; w_t is the mean over (valid) query rows of softmax_t(q_i . k_t / sqrt(d)).
 
-    def __init__(self, hidden_size: int):
+    Memory is linear in T: the [B, T, T] attention is never whole. Query rows go in chunks of at most
+    ``chunk_elements`` scores (each row's softmax lies inside its chunk), and each chunk is recomputed in the
+    backward (activation checkpointing) instead of keeping its scores."""
+
+    def __init__(self, hidden_size: int, chunk_elements: int = 2**24):
         super().__init__()
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
+        self.chunk_elements = chunk_elements  # 64 MiB of float32 scores per chunk
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
         queries, keys = self.query(hidden).float(), self.key(hidden).float()
-        scores = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
-        scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
-        attention = scores.softmax(-1) * mask[:, :, None]  # invalid query rows contribute nothing
+        batch, length = mask.shape
+        rows = max(1, self.chunk_elements // max(1, batch * length))
+        if rows >= length:  # one chunk: nothing to save by recomputing it
+            sums = _attention_column_sums(queries, keys, mask, mask)
+        else:
+            checkpointed = torch.is_grad_enabled() and (queries.requires_grad or keys.requires_grad)
+            sums = 0
+            for start in range(0, length, rows):
+                chunk = (queries[:, start:start + rows], keys, mask, mask[:, start:start + rows])
+                sums = sums + (torch.utils.checkpoint.checkpoint(_attention_column_sums, *chunk, use_reentrant=False)
+                               if checkpointed else _attention_column_sums(*chunk))
         counts = mask.sum(-1, keepdim=True).clamp(min=1)
-        weights = attention.sum(1) / counts  # column mean over valid rows; sums to 1 over valid columns
-        weights = weights * mask
+        weights = sums / counts * mask  # column mean over valid rows; sums to 1 over valid columns
         return weights * counts if rescale else weights
 
 
@@ -152,10 +179,22 @@ def run_as_forward(module: nn.Module, function, *args, **kwargs):
             module.forward = own
 
 
+def is_peft_model(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` is a PEFT wrapper (``peft.PeftModel``) around a Hugging Face model."""
+    return hasattr(backbone, "get_base_model") and hasattr(backbone, "peft_config")
+
+
+def unwrapped(backbone: nn.Module) -> PreTrainedModel:
+    """The Hugging Face model under a PEFT wrapper (its adapters are injected in place, so they stay active), or
+    ``backbone`` itself. A PeftModel's own ``base_model`` is PEFT's tuner, not the transformer body."""
+    return backbone.get_base_model() if is_peft_model(backbone) else backbone
+
+
 def supports_padding_free(backbone: PreTrainedModel) -> bool:
     """Whether a causal LM keeps sequences packed in one row apart given only their position ids: two short
     sequences, packed and alone, must give the same hidden states. Architectures that ignore position ids
     for masking would silently attend across sequences, so this is checked, not assumed."""
+    backbone = unwrapped(backbone)
     if backbone.config.is_encoder_decoder:
         return False
     lengths = (5, 3)
@@ -176,13 +215,42 @@ def supports_padding_free(backbone: PreTrainedModel) -> bool:
     return bool(error < 1e-2)  # a leak across sequences changes the second one by O(1); bf16 rounding is ~1e-3
 
 
+def check_quantization(quantization_config) -> None:
+    """bitsandbytes quantisation (``--load_in_4bit/--load_in_8bit``) runs on CUDA GPUs only: refuse it elsewhere."""
+    if quantization_config is not None and not torch.cuda.is_available():
+        raise ConfigError("load_in_4bit/load_in_8bit quantise with bitsandbytes, which needs a CUDA GPU; none is available")
+
+
+def _load_backbone(name_or_path: str, **kwargs: Any) -> PreTrainedModel:
+    """The causal LM or encoder-decoder at ``name_or_path``, loaded with the Auto class its config names."""
+    check_quantization(kwargs.get("quantization_config"))
+    if kwargs.get("quantization_config") is not None:  # bitsandbytes quantises while placing on this process's GPU
+        from accelerate import PartialState
+
+        kwargs.setdefault("device_map", {"": PartialState().local_process_index})
+    config_kwargs = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+    try:
+        backbone_config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
+    except (OSError, ValueError) as exc:  # not a model directory, an unknown hub id, no network, ...
+        raise ConfigError(f"cannot load a model from '{name_or_path}': {exc}") from exc
+    auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
+    return auto_class.from_pretrained(name_or_path, **kwargs)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable and total parameters (full sizes under DeepSpeed ZeRO-3, whose shards are empty here)."""
+    sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
+    return {"trainable_params": sum(n for n, grad in sizes if grad), "total_params": sum(n for n, _ in sizes)}
+
+
 class TQRModel(nn.Module):
     """Transformer + Q head + Gaussian reward head + reward weights over any causal LM or encoder-decoder."""
 
     def __init__(self, backbone: PreTrainedModel, config: TQRConfig | None = None):
         super().__init__()
-        self.backbone = backbone
+        self.backbone = backbone  # a Hugging Face model, or a PEFT wrapper around one (``add_adapter``)
         self.tqr_config = config or TQRConfig()
+        backbone = unwrapped(backbone)
         self.is_encoder_decoder = bool(backbone.config.is_encoder_decoder)
         hidden_size = backbone.config.get_text_config().hidden_size
         head_weight = backbone.get_output_embeddings().weight
@@ -205,21 +273,51 @@ class TQRModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str, config: TQRConfig | None = None, **backbone_kwargs: Any) -> "TQRModel":
         """Load a saved TQR model (a directory with tqr_config.json), or wrap a plain backbone (hub id or path)
-        with fresh heads described by ``config``."""
+        with fresh heads described by ``config``. A directory holding a PEFT adapter (adapter_config.json, as saved
+        after training with ``peft_config``) loads the base model it names, then the adapter (trainable), then the
+        heads. ``backbone_kwargs`` go to the backbone's ``from_pretrained`` (dtype, attn_implementation, revision,
+        trust_remote_code, quantization_config, ...)."""
         tqr_config_path = os.path.join(name_or_path, TQR_CONFIG_NAME)
         saved = os.path.isfile(tqr_config_path)
         if saved:
             with open(tqr_config_path) as handle:
                 config = TQRConfig(**json.load(handle))
-        try:
-            backbone_config = AutoConfig.from_pretrained(name_or_path)
-        except (OSError, ValueError) as exc:  # not a model directory, an unknown hub id, no network, ...
-            raise ConfigError(f"cannot load a model from '{name_or_path}': {exc}") from exc
-        auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
-        model = cls(auto_class.from_pretrained(name_or_path, **backbone_kwargs), config)
+        if os.path.isfile(os.path.join(name_or_path, ADAPTER_CONFIG_NAME)):
+            from peft import PeftConfig, PeftModel
+
+            adapter = PeftConfig.from_pretrained(name_or_path)
+            if not adapter.base_model_name_or_path:
+                raise ConfigError(f"{name_or_path}/{ADAPTER_CONFIG_NAME} names no base model to load the adapter onto")
+            if adapter.revision:
+                backbone_kwargs.setdefault("revision", adapter.revision)
+            base = _load_backbone(adapter.base_model_name_or_path, **backbone_kwargs)
+            model = cls(PeftModel.from_pretrained(base, name_or_path, is_trainable=True), config)
+        else:
+            model = cls(_load_backbone(name_or_path, **backbone_kwargs), config)
         if saved:
             model.load_heads(name_or_path)
         return model
+
+    def add_adapter(self, peft_config) -> None:
+        """Wrap the backbone in a PEFT adapter (``peft.get_peft_model``, which freezes the backbone's own weights);
+        the heads stay trainable. The adapter records the backbone's path as its base, so a saved model reloads."""
+        from peft import get_peft_model
+
+        if is_peft_model(self.backbone):
+            raise ConfigError("the backbone already carries a PEFT adapter; merge it first (`avalign merge`)")
+        name = self.backbone.name_or_path
+        if not name:
+            raise ConfigError("peft_config needs a backbone loaded from a directory or hub id (the adapter records it "
+                              "as its base model); save a backbone built from a config first")
+        if os.path.isdir(name):  # an absolute path reloads from any working directory
+            self.backbone.name_or_path = self.backbone.config._name_or_path = os.path.abspath(name)
+        self.backbone = get_peft_model(self.backbone, peft_config)
+
+    def merge_and_unload(self) -> "TQRModel":
+        """Fold a PEFT adapter into the backbone's weights (a plain Hugging Face model again); no-op without one."""
+        if is_peft_model(self.backbone):
+            self.backbone = self.backbone.merge_and_unload()
+        return self
 
     def load_heads(self, directory: str) -> None:
         state = load_file(os.path.join(directory, TQR_HEADS_NAME))
@@ -264,8 +362,16 @@ class TQRModel(nn.Module):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        self.backbone.gradient_checkpointing_enable(**kwargs)
+    # Activation checkpointing under the names transformers keeps (Trainer calls these); the heads are cheap.
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        unwrapped(self.backbone).activation_checkpointing_enable(**kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        unwrapped(self.backbone).activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return unwrapped(self.backbone).is_activation_checkpointing
 
     # -- forward -----------------------------------------------------------------------------------------
     def sequence_hidden_states(
@@ -276,15 +382,16 @@ class TQRModel(nn.Module):
         decoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Last hidden states [B, L, H] of the sequence the actions live in (decoder side for encoder-decoders)."""
+        backbone = unwrapped(self.backbone)
         if self.is_encoder_decoder:
-            encoder_out = self.backbone.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
-            return self.backbone.get_decoder()(
+            encoder_out = backbone.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+            return backbone.get_decoder()(
                 input_ids=decoder_input_ids,
                 attention_mask=decoder_attention_mask,
                 encoder_hidden_states=encoder_out.last_hidden_state,
                 encoder_attention_mask=attention_mask,
             ).last_hidden_state
-        base = self.backbone.base_model
+        base = backbone.base_model
         positions = {}
         if attention_mask is not None and "position_ids" in inspect.signature(base.forward).parameters:
             # Positions start at a row's first real token, so a left-padded row is embedded as the same row padded
@@ -298,14 +405,15 @@ class TQRModel(nn.Module):
         """Backbone over a packed row, then (hidden, tokens, token mask, completion mask) unpacked to [S, L_max]."""
         if self.is_encoder_decoder:
             raise ConfigError("padding-free batches need a causal LM; encoder-decoders take padded batches")
-        hidden = self.backbone.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        body = unwrapped(self.backbone).base_model
+        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
         index, valid = unpack_index(position_ids)
         return hidden[0, index], input_ids[0, index], valid.long(), completion_mask[0, index] * valid
 
     def q_projection(self) -> tuple[torch.Tensor, torch.Tensor | None, float]:
         if self.q_head is not None:
             return self.q_head.weight, self.q_head.bias, 1.0
-        return _lm_head_projection(self.backbone)
+        return _lm_head_projection(unwrapped(self.backbone))
 
     def _taken_q_values(self, state_hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Eq. 12 at the given [N] positions. Runs as the Q head's forward (``run_as_forward``), where a sharding
@@ -347,7 +455,7 @@ class TQRModel(nn.Module):
 
         q_values = torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device)
         if with_q:  # Q only at positions that enter the loss: gathered before the vocabulary-sized projection
-            head = self.q_head if self.q_head is not None else self.backbone.get_output_embeddings()
+            head = self.q_head if self.q_head is not None else unwrapped(self.backbone).get_output_embeddings()
             q_flat = run_as_forward(head, self._taken_q_values, state_hidden[mask], tokens[:, 1:][mask])
             q_values = q_values.to(q_flat.dtype).masked_scatter(mask, q_flat)
 

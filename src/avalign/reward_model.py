@@ -6,6 +6,8 @@ responses)`` (a list per scoring) and ``evaluate_pairs(dataset)``."""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,16 @@ class ResponseRewards:
     token_rewards: list[float]
     last: float  # weighted reward mean at the last response token
     sum: float  # Eq. 19: sum of weighted reward means over the response
+
+
+@dataclass
+class SequenceReward:
+    """A Bradley-Terry model's reward of one response: its score and, on request, the prefix differences
+    (``BTRewardModel.prefix_rewards``) over the response tokens (EOS included)."""
+
+    token_ids: list[int]
+    last: float
+    token_rewards: list[float] | None = None
 
 
 def pair_metrics(chosen: dict[str, list[float]], rejected: dict[str, list[float]]) -> dict:
@@ -105,6 +117,11 @@ class _PairEvaluation:
         """({scoring: chosen scores}, {scoring: rejected scores}) over pairs given as text or as token ids."""
         raise NotImplementedError
 
+    def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
+        """Per-token rewards of tokenised rows (``prompt_ids``, ``completion_ids``; responses end with EOS), one
+        tensor per row as long as its response, under each reading this model offers (``{reading: rows}``)."""
+        raise NotImplementedError
+
     def evaluate_pairs(self, dataset: Dataset, progress: bool = False) -> dict:
         """Pairwise accuracy (ties wrong) under each scoring over prompt/chosen/rejected rows, each with a 95%
         percentile-bootstrap interval over pairs; pairs are truncated jointly, exactly as in training."""
@@ -114,12 +131,14 @@ class _PairEvaluation:
 class AVARewardModel(_PairEvaluation):
     """Scores (prompt, response) pairs with a TQR model, in batches, without gradients."""
 
-    scorings = ("last", "sum")
+    scorings = ("last", "sum")  # the model's own score (TQRConfig.scoring) comes first on an instance
 
     def __init__(
         self, model: TQRModel, tokenizer: PreTrainedTokenizerBase, *, max_length: int | None = None,
         batch_size: int = 32, device: str | torch.device | None = None,
     ):
+        native = model.tqr_config.scoring
+        self.scorings = (native, *[s for s in AVARewardModel.scorings if s != native])
         self.model = model.eval()
         self.tokenizer = ensure_pad_token(tokenizer)
         self.batch_size, self.is_encoder_decoder = batch_size, model.is_encoder_decoder
@@ -149,6 +168,13 @@ class AVARewardModel(_PairEvaluation):
         batch = self.collator(features)
         batch.pop("is_preference")
         return self.model(**{k: v.to(self.device) for k, v in batch.items()}, with_q=False)
+
+    @torch.no_grad()
+    def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
+        """``token_reward`` (the library's definition, ``token_rewards``) and ``mu`` (the unweighted reward mean)."""
+        out = self.forward_features(features)
+        readings = {"token_reward": token_rewards(out), "mu": out.reward_mean}
+        return {name: [row[valid].float().cpu() for row, valid in zip(values, out.mask)] for name, values in readings.items()}
 
     def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
         """One ResponseRewards per (prompt, response); prompts/responses are strings or conversational messages."""
@@ -236,6 +262,42 @@ class BTRewardModel(_PairEvaluation):
         return upcast(self.model(input_ids=batch["input_ids"].to(self.device),
                                  attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0])
 
+    @torch.no_grad()
+    def prefix_rewards(self, features: list[dict]) -> list[torch.Tensor]:
+        """Reward redistribution of the sequence score ("RED", Li et al. 2024): the score of every response prefix,
+        r(x, y_1..t) - r(x, y_1..t-1) per response token, the first against the prompt alone, so a row sums to
+        r(x, y) - r(x). For a causal backbone the score of a prefix is the score head on its last hidden state, so
+        one forward gives every prefix."""
+        head = getattr(self.model, "score", None)
+        if head is None:
+            raise ConfigError(f"{type(self.model).__name__} has no `score` head to read at every prefix")
+        batch = collate_sequences(features, ("completion",), self.tokenizer.pad_token_id)
+        hidden = self.model.base_model(input_ids=batch["input_ids"].to(self.device),
+                                       attention_mask=batch["attention_mask"].to(self.device)).last_hidden_state
+        prefix_scores = head(hidden)[..., 0].float().cpu()
+        rows = []
+        for scores, feature in zip(prefix_scores, features):
+            start, length = len(feature["prompt_ids"]), len(feature["completion_ids"])
+            if start == 0:
+                raise ConfigError("prefix rewards need a prompt of at least one token (the first token's baseline)")
+            rows.append(scores[start:start + length] - scores[start - 1:start + length - 1])
+        return rows
+
+    def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
+        return {"prefix_difference": self.prefix_rewards(features)}
+
+    def score(self, prompts: list, responses: list, progress: bool = False,
+              prefix_rewards: bool = False) -> list[SequenceReward]:
+        """One SequenceReward per (prompt, response), with prefix-difference token rewards when asked."""
+        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        results = []
+        for features in _batches(self._tokenized(rows), self.batch_size, progress):
+            scores = self.forward_features(features).tolist()
+            dense = self.prefix_rewards(features) if prefix_rewards else [None] * len(features)
+            results += [SequenceReward(list(f["completion_ids"]), s, None if d is None else d.tolist())
+                        for f, s, d in zip(features, scores, dense)]
+        return results
+
     def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
         rows = _prompt_completion_rows(prompts, responses)
         return {"last": self._scores(rows, progress)}
@@ -243,6 +305,83 @@ class BTRewardModel(_PairEvaluation):
     def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
         scores = self._scores(self._pairs(dataset), progress)
         return {"last": scores[0::2]}, {"last": scores[1::2]}
+
+
+class DPOImplicitRewardModel(_PairEvaluation):
+    """DPO's implicit reward as a reward model: per response token beta * (log pi(y_t | x, y_<t) - log
+    pi_ref(y_t | x, y_<t)) (the dense reward RTO, Zhong et al. 2024, gives PPO), summed for the sequence score
+    (``sum``, DPO's own margin). ``policy`` and ``reference`` are causal LMs sharing ``tokenizer``."""
+
+    scorings = ("sum",)
+
+    def __init__(self, policy, reference, tokenizer: PreTrainedTokenizerBase, *, beta: float,
+                 max_length: int | None = None, batch_size: int = 32, device: str | torch.device | None = None):
+        self.policy, self.reference = policy.eval(), reference.eval()
+        self.tokenizer, self.beta = ensure_pad_token(tokenizer), beta
+        self.max_length, self.batch_size = max_length, batch_size
+        self.device = torch.device(device) if device is not None else next(policy.parameters()).device
+        self.policy.to(self.device)
+        self.reference.to(self.device)
+
+    @torch.no_grad()
+    def _response_log_probs(self, model, batch: dict, features: list[dict]) -> list[torch.Tensor]:
+        logits = model(input_ids=batch["input_ids"].to(self.device),
+                       attention_mask=batch["attention_mask"].to(self.device)).logits.float()
+        log_probs = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None].to(self.device))[..., 0]
+        rows = []
+        for values, feature in zip(log_probs.cpu(), features):
+            start, length = len(feature["prompt_ids"]), len(feature["completion_ids"])
+            if start == 0:
+                raise ConfigError("implicit rewards need a prompt of at least one token (it predicts the first)")
+            rows.append(values[start - 1:start - 1 + length])  # position j predicts token j + 1
+        return rows
+
+    def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
+        batch = collate_sequences(features, ("completion",), self.tokenizer.pad_token_id)
+        policy = self._response_log_probs(self.policy, batch, features)
+        reference = self._response_log_probs(self.reference, batch, features)
+        return {"implicit": [self.beta * (p - r) for p, r in zip(policy, reference)]}
+
+    def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
+        chosen, rejected = [], []
+        for features in _batches(self._tokenized(self._pairs(dataset)), self.batch_size, progress):
+            for key, scores in (("chosen", chosen), ("rejected", rejected)):
+                rows = [{"prompt_ids": f["prompt_ids"], "completion_ids": f[f"{key}_ids"]} for f in features]
+                scores += [float(r.sum()) for r in self.token_readings(rows)["implicit"]]
+        return {"sum": chosen}, {"sum": rejected}
+
+
+NORMALIZATION_NAME = "reward_normalization.json"
+
+
+def save_normalization(directory: str, scoring: str, mean: float, std: float, responses: int) -> str:
+    """Store the mean and std of a reward model's ``scoring`` scores on a reference set beside its weights; returns
+    the file's path. ``(score - mean) / std`` is the normalised reward (OpenRLHF's normalize_reward)."""
+    if not (std > 0 and math.isfinite(std) and math.isfinite(mean)):
+        raise ConfigError(f"cannot normalise with mean {mean}, std {std} (measured on {responses} responses): "
+                          "score at least two responses with different scores")
+    path = Path(directory) / NORMALIZATION_NAME
+    record = {"scoring": scoring, "mean": mean, "std": std, "responses": responses}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return str(path)
+
+
+def normalize_on_pairs(scorer: "AVARewardModel | BTRewardModel", pairs: Dataset, directory: str) -> str:
+    """Measure the normalisation on both sides of reference pairs (the evaluation pairs at the end of `avalign
+    train`) under the model's first scoring, and store it in ``directory``."""
+    import statistics
+
+    scoring = scorer.scorings[0]
+    chosen, rejected = scorer.pair_scores(pairs)
+    scores = chosen[scoring] + rejected[scoring]
+    std = statistics.stdev(scores) if len(scores) > 1 else float("nan")
+    return save_normalization(directory, scoring, statistics.fmean(scores), std, len(scores))
+
+
+def load_normalization(directory: str) -> dict | None:
+    """The stored ``{"scoring", "mean", "std", "responses"}`` of a reward model, or None when it has none."""
+    path = Path(directory) / NORMALIZATION_NAME
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def load_reward_model(path: str, **kwargs) -> AVARewardModel | BTRewardModel:

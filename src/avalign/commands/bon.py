@@ -26,9 +26,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add_policy_arguments(parser, default_n=4)
     parser.add_argument("--reward_model", required=True,
                         help="Any reward model avalign trains: an AVA (TQR) directory, a Bradley-Terry "
-                             "(sequence-classification) directory, or a Preference Transformer (TQR; --scoring sum).")
-    parser.add_argument("--scoring", default="last", choices=["last", "sum"],
-                        help="Sequence score: AVA offers last and sum (Eq. 19), Bradley-Terry last only.")
+                             "(sequence-classification) directory, or a Preference Transformer (TQR).")
+    parser.add_argument("--scoring", default=None, choices=["last", "sum"],
+                        help="Sequence score: AVA offers last and sum (Eq. 19), Bradley-Terry last only. Default: "
+                             "the score the model was trained to rank by.")
     parser.add_argument("--max_length", type=int, default=None, help="Truncate scored sequences as in training.")
     return parser.parse_args(argv)
 
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> int:
                      **sampling_kwargs(args))
     for row in rows:  # sample_index 0: one row per prompt, matched by `compare` against `generate --n 1`
         row.update(sample_index=0, policy=args.policy, seed=args.seed, n=args.n, reward_model=args.reward_model,
-                   scoring=args.scoring)
+                   scoring=args.scoring or reward_model.scorings[0])
     candidate_scores = np.array([row["candidate_scores"] for row in rows])
     summary = {"output": args.output, "prompts": len(rows), "n": args.n,
                "mean_proxy_score": _finite_mean([row["proxy_score"] for row in rows]),

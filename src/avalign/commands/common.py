@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from trl import ModelConfig
 
 from ..backbones import build_backbone
 from ..data.splits import check_fraction
@@ -16,18 +17,48 @@ from ..modeling import TQRModel
 
 
 @dataclass
-class DataArguments:
-    """Where the model and the data come from (the rest is AVAConfig)."""
+class ModelArguments(ModelConfig):
+    """TRL's ModelConfig, the same flags (--dtype, --attn_implementation, --model_revision, --use_peft, --lora_*,
+    --load_in_4bit/8bit, ...); only --model_name_or_path says what avalign makes of it."""
 
     model_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Hub id or local path of a backbone (causal LM or encoder-decoder) or a saved TQR model. "
                   "Default: a tiny GPT-2 built from a config (synthetic task only)."},
     )
+
+    def __post_init__(self) -> None:
+        path = self.model_name_or_path
+        # A hub id is "name" or "org/name"; anything else is a local path, which must exist before any work starts.
+        if path is not None and not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+            raise ConfigError(f"--model_name_or_path {path}: no such directory")
+        super().__post_init__()
+
+    def init_kwargs(self, args) -> dict:
+        """The backbone's from_pretrained keyword arguments, as TRL's scripts build them (``args``: AVAConfig, whose
+        ``model_init_kwargs`` win)."""
+        return {"revision": self.model_revision, "trust_remote_code": args.trust_remote_code,
+                "attn_implementation": self.attn_implementation, "dtype": self.dtype, **(args.model_init_kwargs or {})}
+
+
+@dataclass
+class DataArguments:
+    """Where the data come from (the model: ModelArguments; the rest: AVAConfig)."""
+
     dataset_name: str | None = field(
         default=None,
         metadata={"help": "Hub id or local .jsonl/.json/.parquet/.csv (.gz too) file, or 'synthetic' (the default): "
                   "the embedded task with gold per-token rewards."},
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "As in TRL: the hub dataset's configuration (datasets.load_dataset's name)."}
+    )
+    dataset_train_split: str | None = field(
+        default=None, metadata={"help": "As in TRL: the split to train on (default: train, or the only split)."}
+    )
+    dataset_test_split: str | None = field(
+        default=None, metadata={"help": "As in TRL: the split to evaluate on (default: test, validation, valid, eval "
+                                "or dev, whichever exists; none: --eval_fraction of the prompts)."}
     )
     dataset_family: str | None = field(
         default=None, metadata={"help": "Parser for the dataset (e.g. hh-rlhf, tldr, gsm8k-pairs); default: detected."}
@@ -51,10 +82,6 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        path = self.model_name_or_path
-        # A hub id is "name" or "org/name"; anything else is a local path, which must exist before any work starts.
-        if path is not None and not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-            raise ConfigError(f"--model_name_or_path {path}: no such directory")
         check_fraction(self.eval_fraction)
         for name in ("max_rows", "synthetic_train_size", "synthetic_eval_size", "backbone_hidden_size",
                      "backbone_layers", "tokenizer_vocab_size"):
@@ -72,7 +99,8 @@ class LoadedRun:
     backbone_path: str | None = None  # the given model, or the from-scratch backbone saved for a TRL baseline
 
 
-def load_data_and_model(data_args: DataArguments, args, backbone_dir: str | None = None) -> LoadedRun:
+def load_data_and_model(data_args: DataArguments, model_args: ModelArguments, args,
+                        backbone_dir: str | None = None) -> LoadedRun:
     """Datasets (train rows in the format the objective needs; eval always pairs), tokenizer and model.
 
     A given ``--model_name_or_path`` is not loaded here: ``backbone_path`` names it, and the trainer loads it (AVATrainer
@@ -89,16 +117,20 @@ def load_data_and_model(data_args: DataArguments, args, backbone_dir: str | None
 
         loaded = load_dataset(
             data_args.dataset_name, family=data_args.dataset_family, eval_fraction=data_args.eval_fraction,
-            seed=data_args.dataset_seed, max_rows=data_args.max_rows,
+            seed=data_args.dataset_seed, max_rows=data_args.max_rows, dataset_config=data_args.dataset_config,
+            train_split=data_args.dataset_train_split, test_split=data_args.dataset_test_split,
         )
         train, eval_set = loaded.train, loaded.eval
-        if data_args.model_name_or_path is not None:
-            tokenizer = AutoTokenizer.from_pretrained(data_args.model_name_or_path)
+        if model_args.model_name_or_path is not None:
+            tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
+                                                      trust_remote_code=args.trust_remote_code)
         else:  # a from-scratch backbone: its tokenizer is trained here, offline, on the training split only
             texts = (text for row in train for text in row_texts(row))
             tokenizer = train_bpe_tokenizer(texts, data_args.tokenizer_vocab_size)
-    model, backbone_path = None, data_args.model_name_or_path
+    model, backbone_path = None, model_args.model_name_or_path
     if backbone_path is None:
+        if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
+            raise ConfigError("--use_peft and --load_in_4bit/8bit adapt a pretrained backbone: pass --model_name_or_path")
         backbone = build_backbone(
             data_args.backbone_arch, len(tokenizer), hidden_size=data_args.backbone_hidden_size,
             num_layers=data_args.backbone_layers, max_positions=max(256, args.max_length or 0),

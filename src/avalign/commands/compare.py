@@ -21,8 +21,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--margin", type=float, default=0.0,
                         help="gold / rm: a tie when the two scores differ by at most this much.")
     parser.add_argument("--reward_model", default=None, help="rm: an AVA, Bradley-Terry or Preference Transformer dir.")
-    parser.add_argument("--scoring", default="last", choices=["last", "sum"],
-                        help="rm: sequence score (AVA: last or sum; Bradley-Terry: last).")
+    parser.add_argument("--scoring", default=None, choices=["last", "sum"],
+                        help="rm: sequence score (AVA: last or sum; Bradley-Terry: last). Default: the score the "
+                             "model was trained to rank by.")
     parser.add_argument("--batch_size", type=int, default=32, help="rm: sequences per scoring batch.")
     parser.add_argument("--max_length", type=int, default=None, help="rm: truncate as in training.")
     parser.add_argument("--base_url", default=None, help="llm: e.g. http://localhost:8000/v1 (before /chat/completions).")

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import gzip
 import io
+import itertools
 import json
 import logging
 import re
@@ -107,22 +108,26 @@ def _json_value(path: Path, number: int, text: str) -> Any:
     return value
 
 
-def _read_json(path: Path, max_rows: int | None) -> list[Record]:
-    """JSON Lines (row = line number), or for a .json file one JSON array of objects (row = element number)."""
-    records: list[Record] = []
-    with contextlib.closing(_text_lines(path)) as lines:  # closing: stopping at max_rows must close the file
+def _iter_json(path: Path) -> Iterator[Record]:
+    """JSON Lines (row = line number), or for a .json file one JSON array of objects (row = element number); JSON
+    Lines are read one line at a time."""
+    with contextlib.closing(_text_lines(path)) as lines:  # closing: a caller that stops early must close the file
+        first = True
         for number, line in lines:
             if not line.strip():
                 continue
-            if not records and _base_suffix(path) == ".json" and line.lstrip().startswith("["):
+            if first and _base_suffix(path) == ".json" and line.lstrip().startswith("["):
                 array = _json_value(path, number, line + "".join(rest for _, rest in lines))
                 if not array:
                     raise DataError("the JSON array is empty", path=str(path))
-                return [Record(str(path), index, value) for index, value in enumerate(array[:max_rows], 1)]
-            records.append(Record(str(path), number, _json_value(path, number, line)))
-            if max_rows is not None and len(records) >= max_rows:
-                break
-    return records
+                yield from (Record(str(path), index, value) for index, value in enumerate(array, 1))
+                return
+            first = False
+            yield Record(str(path), number, _json_value(path, number, line))
+
+
+def _read_json(path: Path, max_rows: int | None) -> list[Record]:
+    return list(itertools.islice(_iter_json(path), max_rows))
 
 
 def _read_csv(path: Path, max_rows: int | None) -> list[Record]:
@@ -169,6 +174,23 @@ def read_file(path: str | Path, max_rows: int | None = None) -> list[Record]:
     return records
 
 
+def iter_records(name_or_path: str, max_rows: int | None = None) -> Iterator[Record]:
+    """Rows of a file, directory, saved dataset or hub id with their locations, as they are (no parsing); a local
+    .jsonl/.json file is streamed, so a caller that writes as it reads needs memory independent of its length."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and _base_suffix(path) in (".jsonl", ".json"):
+        records = itertools.islice(_iter_json(path), max_rows)
+        first = next(records, None)
+        if first is None:
+            raise DataError("the file is empty (no rows)", path=str(path))
+        yield first
+        yield from records
+        return
+    source = _read_source(name_or_path, None, max_rows)
+    yield from source.train
+    yield from source.eval or ()
+
+
 # --- sources: a file, a directory, a saved DatasetDict or a hub id --------------------------------------------------
 
 
@@ -180,14 +202,19 @@ class _Source:
     label: str
 
 
-def _dataset_records(label: str, loaded: Any, max_rows: int | None) -> tuple[list[Record], list[Record] | None]:
-    """Rows of a datasets.Dataset or DatasetDict: its train split (or only split) and its test/validation split."""
+def _dataset_records(label: str, loaded: Any, max_rows: int | None, train_split: str | None = None,
+                     test_split: str | None = None) -> tuple[list[Record], list[Record] | None]:
+    """Rows of a datasets.Dataset or DatasetDict: the named splits, or by default its train split (or only split)
+    and its test/validation split."""
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({TRAIN_SPLIT: loaded})
-    train_name = TRAIN_SPLIT if TRAIN_SPLIT in loaded else (next(iter(loaded)) if len(loaded) == 1 else None)
+    for name in (train_split, test_split):
+        if name is not None and name not in loaded:
+            raise DataError(f"no split '{name}'; splits: {list(loaded)}", path=label)
+    train_name = train_split or (TRAIN_SPLIT if TRAIN_SPLIT in loaded else (next(iter(loaded)) if len(loaded) == 1 else None))
     if train_name is None:
         raise DataError(f"no '{TRAIN_SPLIT}' split to train on; splits: {list(loaded)}", path=label)
-    eval_name = next((name for name in EVAL_SPLITS if name in loaded and name != train_name), None)
+    eval_name = test_split or next((name for name in EVAL_SPLITS if name in loaded and name != train_name), None)
 
     def rows(split: str) -> list[Record]:
         dataset = loaded[split]
@@ -247,7 +274,8 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or Path(name).suffix.lower() in (*DATA_SUFFIXES, ".gz")
 
 
-def _read_source(name_or_path: str, family_name: str | None, max_rows: int | None) -> _Source:
+def _read_source(name_or_path: str, family_name: str | None, max_rows: int | None, config_name: str | None = None,
+                 splits: tuple[str | None, str | None] = (None, None)) -> _Source:
     family = get_family(family_name) if family_name else None
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -258,11 +286,11 @@ def _read_source(name_or_path: str, family_name: str | None, max_rows: int | Non
     if not path.is_dir() and _looks_local(name_or_path):
         raise DataError("no such file or directory", path=name_or_path)
     try:
-        loaded = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(name_or_path)
+        loaded = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(name_or_path, config_name)
     except Exception as exc:  # datasets raises many types (network, missing repo, bad files); all mean "unusable"
         raise DataError(f"cannot load it as a saved or Hugging Face dataset ({type(exc).__name__}: {exc})",
                         path=name_or_path) from exc
-    train, evaluation = _dataset_records(name_or_path, loaded, max_rows)
+    train, evaluation = _dataset_records(name_or_path, loaded, max_rows, *splits)
     return _Source(train, evaluation, family or detect_family(train[0]), name_or_path)
 
 
@@ -293,6 +321,9 @@ def load_dataset(
     max_rows: int | None = None,
     eval_name_or_path: str | None = None,
     eval_fold: tuple[int, int] | None = None,
+    dataset_config: str | None = None,
+    train_split: str | None = None,
+    test_split: str | None = None,
 ) -> LoadedData:
     """Load a dataset of any supported family as TRL-format train/eval datasets.
 
@@ -305,11 +336,13 @@ def load_dataset(
     dropped and counted, except for gsm8k-pairs, which refuses. ``max_rows`` caps the rows read per split.
     ``clean``: drop empty responses, chosen == rejected and duplicates (counted in ``report``).
     ``conversational``: return messages instead of strings.
+    ``dataset_config``, ``train_split``, ``test_split`` (TRL's dataset_config / dataset_train_split /
+    dataset_test_split): the hub dataset's configuration and, for hub or saved datasets, the splits to use.
     """
     check_fraction(eval_fraction)
     if max_rows is not None and max_rows < 1:
         raise ConfigError(f"max_rows must be at least 1, got {max_rows}")
-    source = _read_source(name_or_path, family, max_rows)
+    source = _read_source(name_or_path, family, max_rows, dataset_config, (train_split, test_split))
     report = CleaningReport()
     options = {"conversational": conversational, "clean": clean, "report": report}
     train, kind = _parse_and_clean(source.family, source.train, **options)

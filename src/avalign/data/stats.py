@@ -6,9 +6,10 @@ rows the length is that of the message contents joined by newlines, without chat
 
 from __future__ import annotations
 
-import math
 from dataclasses import astuple, dataclass
 from typing import Any
+
+import numpy as np
 
 from avalign.data.cleaning import CleaningReport
 from avalign.data.formats import RESPONSE_FIELDS, text_of
@@ -21,11 +22,6 @@ MARKDOWN_HEADER = (
 )
 
 
-def percentile(sorted_values: list[int], p: float) -> int:
-    """Nearest-rank percentile: the smallest value with at least p% of the values at or below it."""
-    return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
-
-
 @dataclass(frozen=True)
 class Lengths:
     p50: int
@@ -35,8 +31,10 @@ class Lengths:
 
     @classmethod
     def of(cls, values: list[int]) -> Lengths:
-        ordered = sorted(values)
-        return cls(*(percentile(ordered, p) for p in (50, 90, 99)), ordered[-1])
+        """Nearest-rank percentiles (numpy's inverted_cdf: the smallest value with at least p% of the values at or
+        below it), so each is a length that occurs."""
+        p50, p90, p99 = np.percentile(values, (50, 90, 99), method="inverted_cdf")
+        return cls(int(p50), int(p90), int(p99), max(values))
 
     def __str__(self) -> str:
         return f"{self.p50} / {self.p90} / {self.p99} / {self.max}"

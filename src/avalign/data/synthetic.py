@@ -24,6 +24,16 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
+def table_rewards(base: np.ndarray, interaction: np.ndarray, previous: int, items: list[int]) -> list[float]:
+    """r(previous item, item) = base[item] + interaction[previous, item] along ``items``, starting after ``previous``:
+    the gold reward of the synthetic task (over words) and of the stories260K task (over tokens)."""
+    rewards, prev = [], previous
+    for item in items:
+        rewards.append(float(base[item] + interaction[prev, item]))
+        prev = item
+    return rewards
+
+
 SYNTHETIC = "synthetic"  # the name that selects this task wherever a dataset or prompt source is named
 
 
@@ -57,11 +67,7 @@ class SyntheticTask:
 
     def gold_rewards(self, previous: int, response: list[int]) -> list[float]:
         """Gold per-token rewards of ``response`` (word indices) following the word ``previous``."""
-        rewards, prev = [], previous
-        for word in response:
-            rewards.append(float(self.base_reward[word] + self.interaction[prev, word]))
-            prev = word
-        return rewards
+        return table_rewards(self.base_reward, self.interaction, previous, response)
 
     def _walk(self, rng: np.random.Generator, start: int, length: int) -> list[int]:
         words, prev = [], start

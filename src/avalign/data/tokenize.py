@@ -12,11 +12,13 @@ the prompt loses tokens from its *start* (the end of the prompt is what the resp
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 from datasets import Dataset
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
 from ..errors import ConfigError, DataError
@@ -47,6 +49,17 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
         warnings.warn(f"tokenizer has no pad token; using '{fallback}' for padding (positions are masked).", stacklevel=2)
         tokenizer.pad_token = fallback
     return tokenizer
+
+
+def load_chat_template(path: str) -> str:
+    """TRL's ``chat_template_path``: a Jinja file's text, or the chat template of the tokenizer at ``path``."""
+    if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    template = AutoTokenizer.from_pretrained(path).chat_template
+    if template is None:
+        raise ConfigError(f"chat_template_path: the tokenizer at {path} has no chat template")
+    return template
 
 
 @dataclass
@@ -105,6 +118,29 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, is_encoder_decod
     return ids
 
 
+def _tokenize_row(example: dict, index: int, *, tokenizer: PreTrainedTokenizerBase, columns: tuple[str, ...],
+                  max_length: int | None, is_encoder_decoder: bool, source: str) -> dict:
+    """One row's token ids, and whether the truncation rule cut its prompt or its response (``datasets.map``)."""
+    for column in ("prompt", *columns):
+        _check_text_or_messages(example[column], source, index + 1, column)
+    if is_conversational(example):
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise DataError("conversational rows need a tokenizer with a chat template", path=source, row=index + 1)
+        example = maybe_apply_chat_template(example, tokenizer)
+    prompt = prompt_ids(tokenizer, example["prompt"], is_encoder_decoder)
+    responses = []
+    for column in columns:
+        ids = tokenizer(example[column], add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise DataError("empty response: it has no tokens to learn from", path=source, row=index + 1, field=column)
+        responses.append(ids + [tokenizer.eos_token_id])
+    prompt_cut = response_cut = False
+    if max_length is not None:
+        prompt, responses, prompt_cut, response_cut = _fit(prompt, responses, max_length, is_encoder_decoder)
+    row = {"prompt_ids": prompt, **{f"{column}_ids": ids for column, ids in zip(columns, responses)}}
+    return {**row, "_prompt_cut": prompt_cut, "_response_cut": response_cut}
+
+
 def tokenize_dataset(
     dataset: Dataset,
     tokenizer: PreTrainedTokenizerBase,
@@ -113,8 +149,10 @@ def tokenize_dataset(
     is_encoder_decoder: bool = False,
     too_long: str = "truncate",
     source: str = "dataset",
+    num_proc: int | None = None,
 ) -> tuple[Dataset, TokenizeReport]:
-    """Tokenise every row; raise DataError (with row and field) for an empty response."""
+    """Tokenise every row with ``datasets.map`` (``num_proc`` processes; cached by the datasets library when the
+    dataset comes from files); raise DataError (with row and field) for an empty response."""
     if too_long not in TOO_LONG_POLICIES:
         raise ConfigError(f"unknown too_long policy '{too_long}'; expected one of {TOO_LONG_POLICIES}")
     columns = response_columns(dataset.column_names)
@@ -122,34 +160,19 @@ def tokenize_dataset(
         raise DataError(f"expected a 'prompt' column; found {sorted(dataset.column_names)}", path=source, field="prompt")
     if max_length is not None and max_length < 4:
         raise ConfigError(f"max_length={max_length} leaves no room for a prompt and a response")
+    if len(dataset) == 0:
+        raise DataError("no rows to tokenise", path=source)
     ensure_pad_token(tokenizer)
-    report = TokenizeReport(rows_in=len(dataset))
-    rows = []
-    for index, example in enumerate(dataset):
-        for column in ("prompt", *columns):
-            _check_text_or_messages(example[column], source, index + 1, column)
-        if is_conversational(example):
-            if getattr(tokenizer, "chat_template", None) is None:
-                raise DataError("conversational rows need a tokenizer with a chat template", path=source, row=index + 1)
-            example = maybe_apply_chat_template(example, tokenizer)
-        prompt = prompt_ids(tokenizer, example["prompt"], is_encoder_decoder)
-        responses = []
-        for column in columns:
-            ids = tokenizer(example[column], add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise DataError("empty response: it has no tokens to learn from", path=source, row=index + 1, field=column)
-            responses.append(ids + [tokenizer.eos_token_id])
-        if max_length is not None:
-            prompt, fitted, prompt_cut, response_cut = _fit(prompt, responses, max_length, is_encoder_decoder)
-            if response_cut and too_long == "drop":
-                report.dropped_too_long += 1
-                continue
-            report.prompt_truncated += prompt_cut
-            report.response_truncated += response_cut
-            responses = fitted
-        row = {"prompt_ids": prompt}
-        row.update({f"{column}_ids": ids for column, ids in zip(columns, responses)})
-        rows.append(row)
-    report.rows_out = len(rows)
+    options = dict(tokenizer=tokenizer, columns=columns, max_length=max_length,
+                   is_encoder_decoder=is_encoder_decoder, source=source)
+    tokenized = dataset.map(_tokenize_row, fn_kwargs=options, with_indices=True, num_proc=num_proc,
+                            remove_columns=dataset.column_names, desc=f"tokenizing {source}")
+    prompt_cut, response_cut = (np.asarray(tokenized[name], dtype=bool) for name in ("_prompt_cut", "_response_cut"))
+    keep = ~response_cut if too_long == "drop" else np.ones(len(tokenized), dtype=bool)
+    report = TokenizeReport(rows_in=len(dataset), rows_out=int(keep.sum()), dropped_too_long=int((~keep).sum()),
+                            prompt_truncated=int((prompt_cut & keep).sum()),
+                            response_truncated=int((response_cut & keep).sum()))
     report.require_rows(source)
-    return Dataset.from_list(rows), report
+    if not keep.all():
+        tokenized = tokenized.select(np.flatnonzero(keep))
+    return tokenized.remove_columns(["_prompt_cut", "_response_cut"]), report

@@ -60,9 +60,11 @@ def gold_scorer(task: SyntheticTask) -> Scorer:
     return score
 
 
-def reward_model_scorer(reward_model, scoring: str = "last") -> Scorer:
-    """Sequence scores of a loaded reward model (``reward_model.load_reward_model``). Empty completions cannot be
-    tokenised as responses, so they score -inf: the worst, tied with each other."""
+def reward_model_scorer(reward_model, scoring: str | None = None) -> Scorer:
+    """Sequence scores of a loaded reward model (``reward_model.load_reward_model``) under ``scoring`` (default: the
+    score the model was trained to rank by). Empty completions cannot be tokenised as responses, so they score
+    -inf: the worst, tied with each other."""
+    scoring = scoring or reward_model.scorings[0]
     if scoring not in reward_model.scorings:
         raise ConfigError(f"scoring '{scoring}' is not offered by this reward model; "
                           f"choose one of {reward_model.scorings}")
@@ -116,7 +118,7 @@ class GoldJudge(ScoreJudge):
 class RewardModelJudge(ScoreJudge):
     """A reward model's sequence score ("last" or "sum"); a tie when the scores differ by at most margin."""
 
-    def __init__(self, path: str, scoring: str = "last", margin: float = 0.0, **reward_model_kwargs):
+    def __init__(self, path: str, scoring: str | None = None, margin: float = 0.0, **reward_model_kwargs):
         from ..reward_model import load_reward_model
 
         super().__init__(reward_model_scorer(load_reward_model(path, **reward_model_kwargs), scoring), margin)

@@ -34,7 +34,6 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from . import pyplot
 from .reward_modeling import (
-    NATIVE_SCORING,
     BackboneSpec,
     DatasetSpec,
     TrainingSettings,
@@ -426,7 +425,7 @@ def _train(config, spec, system: str, seed, unit: Path, work_dir: Path, prep: di
     if system in REWARD_MODELS:
         scorer = load_reward_model(str(model_dir), max_length=settings.max_length,
                                    batch_size=settings.eval_batch_size, device=_device())
-        scoring = NATIVE_SCORING.get(system, "last")
+        scoring = scorer.scorings[0]  # the score the model was trained to rank by
         metrics = scorer.evaluate_pairs(load_from_disk(str(unit / "eval_pairs")))
         cell.update(accuracy=metrics[f"accuracy_{scoring}"], accuracy_ci95=list(metrics[f"accuracy_{scoring}_ci95"]))
     if system in POLICIES:
@@ -448,7 +447,7 @@ def _best_of_n(config, spec, system: str, seed, unit: Path, work_dir: Path, prep
     rows = [json.loads(line) for line in (unit / "candidates.jsonl").read_text().splitlines()]
     reward_model = load_reward_model(str(unit / "models" / BON[system]), max_length=config.training.max_length,
                                      batch_size=config.training.eval_batch_size, device=_device())
-    scorer = reward_model_scorer(reward_model, NATIVE_SCORING.get(BON[system], "last"))
+    scorer = reward_model_scorer(reward_model, reward_model.scorings[0])
     proxy = np.array(scorer([r["prompt"] for r in rows], [r["completion"] for r in rows]))
     proxy = proxy.reshape(-1, max(config.bon_n))
     return {"proxy_scores": [_stored(row) for row in proxy],

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
@@ -39,16 +40,19 @@ OBJECTIVES: dict[str, tuple[str, dict, str]] = {
     "afd-bt": ("bt", {}, "afd"),
     "afd-preftrans": ("preftrans", {}, "afd"),
     "afd-ava-p": ("ava-p", {}, "afd"),
+    "dpo": ("dpo", {}, "text"),  # TRL's DPOTrainer; scored by its implicit reward (DPOImplicitRewardModel)
+    "oracle-probe": ("probe", {}, "none"),  # no training: a gold-supervised linear probe (gold tasks only)
 }
 LABELS = {
     "bt": "BT", "preftrans": "PrefTrans", "ava-p": "AVA-p", "ava-p-no-rwt": "AVA-p w/o rwt",
     "ava-p-no-neg": "AVA-p w/o neg", "ava-p-no-irl": "AVA-p w/o irl", "ava-p-no-cer": "AVA-p w/o cer",
     "ava-p-no-ptq": "AVA-p w/o ptq", "ava-d": "AVA-d (chosen only)", "afd-bt": "AfD + BT",
-    "afd-preftrans": "AfD + PrefTrans", "afd-ava-p": "AfD + AVA-p",
+    "afd-preftrans": "AfD + PrefTrans", "afd-ava-p": "AfD + AVA-p", "dpo": "DPO (implicit reward)",
+    "oracle-probe": "Oracle: linear probe on gold",
 }
 # The score each method is trained to rank with: BT's single output, the Preference Transformer's weighted return
 # (Eq. 19 "sum"), and AVA's default (AVAConfig.scoring = "last").
-NATIVE_SCORING = {"bt": "last", "preftrans": "sum"}
+NATIVE_SCORING = {"bt": "last", "preftrans": "sum", "dpo": "sum"}
 
 
 @dataclass
@@ -72,6 +76,7 @@ class BackboneSpec:
     heads: int = 4
     vocab_size: int = 2000
     pretrain: dict = field(default_factory=lambda: {"max_steps": 300, "batch_size": 16, "learning_rate": 1e-3})
+    llama2c: str | None = None  # a folder with a llama2.c checkpoint and tokenizer (stories260K): converted, no pretraining
 
 
 @dataclass
@@ -85,7 +90,11 @@ class DatasetSpec:
     synthetic_train_size: int = 4000
     synthetic_eval_size: int = 500
     synthetic_task_seed: int = 0  # another seed draws another task instance (development data for sweeps)
+    # "stories260k": the gold task of data/stories_gold.py, texts sampled from the llama2.c model in ``path``;
+    # sizes and instance from the synthetic_* fields
+    gold_task: str | None = None
     objectives: list[str] | None = None  # default: the study's objectives
+    backbones: list[str] | None = None  # names of the study's backbones to run it on; default: all
 
 
 def load_yaml(path: str, overrides: dict) -> dict:
@@ -130,7 +139,10 @@ class StudyConfig:
         for name, options in config.variants.items():
             if options.get("objective") not in OBJECTIVES:
                 raise ConfigError(f"{path}: variant '{name}' needs an objective from {list(OBJECTIVES)}")
+        names = [b.name for b in config.backbones]
         for spec in config.datasets:
+            if spec.backbones is not None and not set(spec.backbones) <= set(names):
+                raise ConfigError(f"{path}: dataset '{spec.name}' names backbones {spec.backbones}; defined: {names}")
             for objective in config.objectives_for(spec):
                 if objective not in OBJECTIVES and objective not in config.variants:
                     raise ConfigError(f"{path}: unknown objective '{objective}'; expected one of {list(OBJECTIVES)} "
@@ -158,7 +170,9 @@ def _unit_key(config: StudyConfig, spec: DatasetSpec, backbone: BackboneSpec, se
 
 
 def _load_split(spec: DatasetSpec, seed: int):
-    """(train, eval, synthetic task or None, what loading dropped) of one unit."""
+    """(train, eval, gold task or None, what loading dropped) of one unit."""
+    if spec.gold_task is not None:
+        return _stories_gold_split(spec)
     if spec.path is None:
         from ..data.synthetic import synthetic_datasets
 
@@ -177,6 +191,35 @@ def _load_split(spec: DatasetSpec, seed: int):
     return loaded.train, loaded.eval, None, loaded.report.summary()
 
 
+def _converted_llama2c(folder: str, output_dir: str) -> str:
+    from ..convert import convert_llama2c
+
+    convert_llama2c(str(Path(folder) / "stories260K.bin"), str(Path(folder) / "tok512.bin"), output_dir)
+    return output_dir
+
+
+def _stories_gold_split(spec: DatasetSpec):
+    """The stories260K gold task of one instance: train and eval pairs sampled from the model (train and eval from
+    different row seeds, so prompts are drawn independently)."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..data.stories_gold import StoriesGoldConfig, StoriesGoldTask, stories_gold_rows
+
+    if spec.gold_task != "stories260k":
+        raise ConfigError(f"unknown gold_task '{spec.gold_task}'; expected 'stories260k'")
+    with tempfile.TemporaryDirectory() as converted:
+        _converted_llama2c(spec.path, converted)
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(converted), AutoTokenizer.from_pretrained(converted)
+    task = StoriesGoldTask(len(tokenizer), StoriesGoldConfig(seed=spec.synthetic_task_seed))
+    train, train_report = stories_gold_rows(model, tokenizer, task, spec.synthetic_train_size, seed=1)
+    evaluation, eval_report = stories_gold_rows(model, tokenizer, task, spec.synthetic_eval_size, seed=2)
+    summary = f"stories260K gold task {task.config}; left out: train {train_report}, eval {eval_report}"
+    return Dataset.from_list(train), Dataset.from_list(evaluation), task, summary
+
+
 def prepare_backbone(backbone: BackboneSpec, task, train, directory: Path, max_length: int, seed: int, report: dict):
     """(tokenizer, backbone path): a hub id or path as it is, or a from-scratch backbone LM-pretrained on the training
     rows' texts (saved under ``directory``/backbone, its losses in report["pretrain"]). The synthetic task brings its
@@ -190,6 +233,9 @@ def prepare_backbone(backbone: BackboneSpec, task, train, directory: Path, max_l
 
     if backbone.model_name_or_path is not None:
         return ensure_pad_token(AutoTokenizer.from_pretrained(backbone.model_name_or_path)), backbone.model_name_or_path
+    if backbone.llama2c is not None:
+        path = _converted_llama2c(backbone.llama2c, str(directory / "backbone"))
+        return ensure_pad_token(AutoTokenizer.from_pretrained(path)), path
     texts = [text for row in train for text in row_texts(row)]
     tokenizer = task.tokenizer() if task is not None else train_bpe_tokenizer(texts, backbone.vocab_size)
     model = build_backbone(backbone.arch, len(tokenizer), hidden_size=backbone.hidden_size,
@@ -267,6 +313,7 @@ def prepare_unit(config: StudyConfig, spec: DatasetSpec, backbone: BackboneSpec,
         tokenizer, backbone_path = prepare_backbone(backbone, task, train, out, max_length, seed, report)
         tokenizer.save_pretrained(str(out / "tokenizer"))
         save_tokenized(train, "pairs", report)
+        train.select_columns(["prompt", "chosen", "rejected"]).save_to_disk(str(out / "train_text"))  # for DPO
         evaluation.save_to_disk(str(out / "eval"))
         # tokenised once here, so that no cell tokenises the evaluation pairs again
         tokenize_dataset(evaluation, tokenizer, max_length=max_length, source="eval")[0].save_to_disk(str(out / "eval_ids"))
@@ -328,10 +375,13 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
     backbone_path = unit_path(unit, prep["backbone_path"])
     tokenizer = AutoTokenizer.from_pretrained(str(unit / "tokenizer"))
     trainer_objective, switches, data = config.method(objective)
+    evaluation = load_from_disk(str(unit / "eval_ids"))
+    gold = load_from_disk(str(unit / "eval_gold")) if (unit / "eval_gold").exists() else None
+    if trainer_objective == "probe":
+        return _probe_cell(backbone_path, evaluation, gold)
     train = load_from_disk(str(unit / ("train_afd" if data == "afd" else "train_pairs")))
     if data == "chosen":
         train = train.remove_columns(["rejected_ids"]).rename_column("chosen_ids", "completion_ids")
-    evaluation = load_from_disk(str(unit / "eval_ids"))
     settings = config.training
     args = training_args(settings, trainer_objective, seed, work_dir, **switches)
     start = time.perf_counter()
@@ -340,6 +390,17 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
         trainer.train()
         scorer = BTRewardModel(trainer.model, tokenizer, max_length=settings.max_length,
                                batch_size=settings.eval_batch_size)
+    elif trainer_objective == "dpo":
+        from transformers import AutoModelForCausalLM
+
+        from ..reward_model import DPOImplicitRewardModel
+        from ..trainers.baselines import trl_trainer
+
+        trainer = trl_trainer(backbone_path, tokenizer, load_from_disk(str(unit / "train_text")), None, args)
+        trainer.train()
+        scorer = DPOImplicitRewardModel(trainer.model, AutoModelForCausalLM.from_pretrained(backbone_path), tokenizer,
+                                        beta=args.dpo_beta, max_length=settings.max_length,
+                                        batch_size=settings.eval_batch_size)
     else:
         model = TQRModel.from_pretrained(backbone_path, args.tqr_config())
         trainer = AVATrainer(model, args=args, train_dataset=train, processing_class=tokenizer)
@@ -349,18 +410,38 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
     train_seconds = time.perf_counter() - start
     chosen, rejected = scorer.pair_scores(evaluation)
     cell: dict[str, Any] = {"train_seconds": round(train_seconds, 2), "n": len(evaluation), "correct": {}}
+    # Which pairs share a prompt: the report's bootstrap resamples prompts, not pairs, when seeds share the pairs.
+    prompts = evaluation["prompt" if "prompt" in evaluation.column_names else "prompt_ids"]  # text or token ids
+    cell["eval_prompt_groups"] = np.unique([str(p) for p in prompts], return_inverse=True)[1].tolist()
     for scoring in scorer.scorings:
         correct = pairwise_correct(chosen[scoring], rejected[scoring])
         cell[f"accuracy_{scoring}"] = float(correct.mean())
         cell["correct"][scoring] = "".join("1" if c else "0" for c in correct)
-    if (unit / "eval_gold").exists() and isinstance(scorer, AVARewardModel):
-        from ..evaluation.gold import gold_metrics
+    if gold is not None:
+        from ..evaluation.dense import dense_metrics, model_readings
 
-        cell.update(gold_metrics(scorer, load_from_disk(str(unit / "eval_gold"))))
+        cell["dense"] = dense_metrics(model_readings(scorer, evaluation, settings.eval_batch_size), gold)
+        if isinstance(scorer, AVARewardModel):
+            from ..evaluation.gold import gold_metrics
+
+            cell.update(gold_metrics(scorer, gold))
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     cell["curve"] = [[entry["step"], entry["loss"]] for entry in logs]
     cell["last_log"] = logs[-1] if logs else {}  # the objective's terms and training accuracy at the end
     return cell
+
+
+def _probe_cell(backbone_path: str, evaluation, gold) -> dict:
+    """The oracle-probe cell: no training, no pairwise accuracy of its own; its dense metrics only."""
+    from transformers import AutoModelForCausalLM
+
+    from ..evaluation.dense import dense_metrics, probe_readings
+
+    if gold is None:
+        raise ConfigError("oracle-probe needs a gold task (per-token gold rewards)")
+    backbone = AutoModelForCausalLM.from_pretrained(backbone_path).eval()
+    return {"train_seconds": 0.0, "n": len(evaluation), "correct": {}, "curve": [], "last_log": {},
+            "dense": dense_metrics(probe_readings(backbone, evaluation, gold), gold)}
 
 
 # -- the study -------------------------------------------------------------------------------------------------
@@ -417,7 +498,8 @@ def run_study(config: StudyConfig, progress: bool = True, command: str | None = 
     (out / "cache").mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {"cells": {}, "prep": {}}
-    units = [(spec, backbone, seed) for spec in config.datasets for backbone in config.backbones for seed in config.seeds]
+    units = [(spec, backbone, seed) for spec in config.datasets for backbone in config.backbones for seed in config.seeds
+             if spec.backbones is None or backbone.name in spec.backbones]
     skipped = {}
     for spec in config.datasets:
         if spec.path is not None and not Path(spec.path).exists():

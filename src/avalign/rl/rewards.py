@@ -146,19 +146,20 @@ class GoldRewards:
 
 class AVARewardFunction:
     """An AVA reward model as a reward function for TRL's GRPOTrainer and RLOOTrainer
-    (``reward_funcs=[AVARewardFunction(path)]``): each completion's sequence score, ``last`` or ``sum`` (Eq. 19),
-    optionally pessimistic (``kappa``).
+    (``reward_funcs=[AVARewardFunction(path)]``): each completion's sequence score, ``last`` or ``sum`` (Eq. 19;
+    default: the score the model was trained to rank by), optionally pessimistic (``kappa``).
 
     TRL calls it as ``f(prompts=..., completions=..., completion_ids=..., **dataset_columns)`` with text (or
     conversational messages) and names its logged column after ``__name__``. Texts are tokenised with the reward
     model's tokenizer exactly as for scoring, except that an empty completion is scored as EOS alone instead of
     being an error (a policy may stop at once)."""
 
-    def __init__(self, reward_model: AVARewardModel | str, *, scoring: str = "last", kappa: float = 0.0):
+    def __init__(self, reward_model: AVARewardModel | str, *, scoring: str | None = None, kappa: float = 0.0):
         if isinstance(reward_model, str):
             reward_model = AVARewardModel.from_pretrained(reward_model)
         if not isinstance(reward_model, AVARewardModel):
             raise ConfigError("AVARewardFunction needs an AVA reward model; pass a Bradley-Terry model to TRL directly")
+        scoring = scoring or reward_model.scorings[0]  # the score the model was trained to rank by
         if scoring not in AVARewardModel.scorings:
             raise ConfigError(f"unknown scoring '{scoring}'; expected one of {AVARewardModel.scorings}")
         check_reward_options(reward_model, scoring, kappa)

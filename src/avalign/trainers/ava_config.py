@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -78,6 +79,19 @@ class AVAConfig(WithoutHubToken, TrainingArguments):
         metadata={"help": "CER as printed in the paper (sigmoid of the reward margin) or its log (logsigmoid).",
                   "choices": list(CER_FORMS)},
     )
+    cer_target: str = field(
+        default="last",
+        metadata={"help": "Which expected reward CER ranks: the last response token's weighted reward mean (last) or "
+                  "the weighted return over the response, sum_t w_t mu_t (sum, the Eq. 19 reading of E[R | y]). "
+                  "With sum every position's reward mean is trained by the preference, not only the last one's.",
+                  "choices": list(SCORINGS)},
+    )
+    td_reference: bool = field(
+        default=False,
+        metadata={"help": "Take TD errors (Eq. 14) of Q - Q_ref, with Q_ref the initial model's Q (a frozen copy, "
+                  "like DPO's reference model: one more forward per step), so the reward explains what the "
+                  "preferences change in the policy rather than the LM's own TD errors."},
+    )
     reduction: str = field(
         default="mean",
         metadata={"help": "Per-sequence reduction of per-token terms: token mean over valid response positions, "
@@ -125,10 +139,28 @@ class AVAConfig(WithoutHubToken, TrainingArguments):
                   "positions with flash_attention_2/3 or flex_attention; with sdpa or eager, attention spans the "
                   "whole packed row and can cost more than it saves."},
     )
-    scoring: str = field(
-        default="last",
-        metadata={"help": "Sequence score for accuracy: last response token's reward mean, or their sum (Eq. 19).",
-                  "choices": list(SCORINGS)},
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "As in TRL: processes that tokenise the datasets (datasets.map's num_proc)."}
+    )
+    chat_template_path: str | None = field(
+        default=None,
+        metadata={"help": "As in TRL: the chat template for conversational rows, from a Jinja file (.jinja/.j2) or "
+                  "the tokenizer at this path or hub id (its template only: no tokens are added)."},
+    )
+    scoring: str | None = field(
+        default=None,
+        metadata={"help": "Sequence score for accuracy, saved with the model as the score it ranks by: the last "
+                  "response token's weighted reward mean, or their sum (Eq. 19). Default: the CER target (sum for "
+                  "the Preference Transformer).", "choices": list(SCORINGS)},
+    )
+    # -- model loading (TRL's names) -------------------------------------------------------------------------
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments of the backbone's from_pretrained when the trainer loads it from a path "
+                  "or hub id (dtype, attn_implementation, revision, ...)."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model and tokenizer code from the hub repository (off: only transformers')."}
     )
     # -- TrainingArguments defaults that suit this trainer ----------------------------------------------------
     output_dir: str | None = field(default="outputs/avalign", metadata={"help": "Where checkpoints and the model go."})
@@ -141,7 +173,11 @@ class AVAConfig(WithoutHubToken, TrainingArguments):
         default=False, metadata={"help": "Kept False: the collator needs the tokenised columns."}
     )
 
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
     def __post_init__(self) -> None:
+        if self.scoring is None:
+            self.scoring = self.cer_target
         for name, allowed in (
             ("objective", OBJECTIVES),
             ("cer_form", CER_FORMS),
@@ -149,6 +185,7 @@ class AVAConfig(WithoutHubToken, TrainingArguments):
             ("weights_apply_to", WEIGHT_TARGETS),
             ("too_long", TOO_LONG_POLICIES),
             ("scoring", SCORINGS),
+            ("cer_target", SCORINGS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} '{getattr(self, name)}'; expected one of {list(allowed)}")

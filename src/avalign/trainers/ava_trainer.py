@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import warnings
 from collections import defaultdict
 from dataclasses import asdict, fields
@@ -14,11 +16,12 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from trl.data_utils import maybe_extract_prompt
 
 from ..backbones import check_fits
 from ..data.cleaning import clean_dataset, require_dataset
 from ..data.collator import TQRCollator
-from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
+from ..data.tokenize import TokenizeReport, ensure_pad_token, load_chat_template, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError, TrainingDivergedError
 from ..evaluation.pairwise import pairwise_accuracy
 from ..losses import (
@@ -29,19 +32,34 @@ from ..losses import (
     sequence_rewards,
     sequence_terms,
 )
-from ..modeling import TQRModel, TQROutput, supports_padding_free
+from ..modeling import TQR_CONFIG_NAME, TQR_HEADS_NAME, TQRModel, TQROutput, supports_padding_free
 from ..training_record import save_training_record
 from .. import __version__
 from .ava_config import AVA_OBJECTIVES, AVAConfig
 from .callbacks import DivergenceGuard
 from .checkpoints import resumable_checkpoint
 
+AVA_BIBTEX = """@inproceedings{cai2025ava,
+  title     = {Approximated Variational Bayesian Inverse Reinforcement Learning for Large Language Model Alignment},
+  author    = {Cai, Yuang and Yuan, Yuyu and Shi, Jinsheng and Lin, Qinhong},
+  booktitle = {Proceedings of the AAAI Conference on Artificial Intelligence},
+  year      = {2025},
+  eprint    = {2411.09341},
+  archivePrefix = {arXiv}
+}"""
+STANDALONE_LOADER = "ava_reward_model.py"  # avalign/hub_loader.py, copied beside every saved model
+
 _LOSS_TOTAL = "avalign_loss_total"  # key of the running loss sum in a checkpoint's trainer_state.json
 _CARD_OPTIONS = (
-    "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "reduction", "use_reward_weights",
+    "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "cer_target", "td_reference", "reduction", "use_reward_weights",
     "use_negative", "use_irl", "use_cer", "pretrained_q", "rescale_reward_weights", "weights_apply_to",
     "log_std_min", "log_std_max", "max_length", "too_long", "learning_rate", "per_device_train_batch_size", "seed",
 )
+
+
+def _is_hub_id(name: str) -> bool:
+    """Whether a backbone's name is a Hub id (``gpt2``, ``org/model``) rather than a local or temporary path."""
+    return bool(name) and not os.path.exists(name) and not name.startswith((".", "/", "~")) and name.count("/") <= 1
 
 
 def _as_demonstrations(dataset: Dataset) -> Dataset:
@@ -71,7 +89,9 @@ class AVATrainer(Trainer):
     """Trains a [`TQRModel`] with the AVA objectives (or the Preference Transformer baseline on the same model).
 
     ``model`` is a TQRModel or a hub id / path (a saved TQR model, or a plain backbone that gets fresh heads from
-    ``args``). Datasets are in TRL's formats: prompt/chosen/rejected (needed by AVA-p) or prompt/completion
+    ``args``), loaded with ``args.model_init_kwargs`` and ``quantization_config`` as TRL's trainers load theirs.
+    ``peft_config`` (e.g. ``peft.LoraConfig``) trains an adapter on the backbone instead of its weights; the TQR heads
+    are always trained in full, and both are saved side by side (``TQRModel.from_pretrained`` reloads them). Datasets are in TRL's formats: prompt/chosen/rejected (needed by AVA-p) or prompt/completion
     (AVA-d), standard or conversational; they are tokenised here and the truncation counts are printed.
 
     Example:
@@ -89,6 +109,8 @@ class AVATrainer(Trainer):
         train_dataset: Dataset | None = None,
         eval_dataset: Dataset | None = None,
         processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: "PeftConfig | None" = None,
+        quantization_config: "BitsAndBytesConfig | None" = None,
         **kwargs: Any,
     ):
         args = args if args is not None else AVAConfig()
@@ -98,15 +120,27 @@ class AVATrainer(Trainer):
             raise ConfigError(f"objective {args.objective} is a TRL baseline: train it with "
                               "avalign.trainers.baselines.trl_trainer (or `avalign train --objective ...`)")
         if isinstance(model, str):
-            processing_class = processing_class or AutoTokenizer.from_pretrained(model)
+            init_kwargs = {"trust_remote_code": args.trust_remote_code, **(args.model_init_kwargs or {})}
+            if quantization_config is not None:
+                init_kwargs["quantization_config"] = quantization_config
+            processing_class = processing_class or AutoTokenizer.from_pretrained(
+                model, revision=init_kwargs.get("revision"), trust_remote_code=init_kwargs["trust_remote_code"])
             set_seed(args.seed)  # fresh heads: initialised under the run's seed, not whatever state came before
-            model = TQRModel.from_pretrained(model, args.tqr_config())
+            model = TQRModel.from_pretrained(model, args.tqr_config(), **init_kwargs)
+        elif quantization_config is not None or args.model_init_kwargs:
+            raise ConfigError("quantization_config and model_init_kwargs apply when AVATrainer loads the model: pass "
+                              "its path or hub id instead of a TQRModel")
+        if peft_config is not None:
+            model.add_adapter(peft_config)  # the backbone's own weights freeze; the TQR heads keep training
         if processing_class is None:
             raise ConfigError("pass processing_class (the tokenizer) when model is a TQRModel object")
+        model.tqr_config.scoring = args.scoring  # not part of the heads: the score this run trains it to rank by
         differ = {k: (v, getattr(args, k)) for k, v in asdict(model.tqr_config).items() if getattr(args, k) != v}
         if differ:  # the heads are built by then, so the model's own options are what trains
             warnings.warn(f"the model's options (model, AVAConfig) differ and the model's are used: {differ}", stacklevel=2)
         ensure_pad_token(processing_class)
+        if args.chat_template_path is not None:
+            processing_class.chat_template = load_chat_template(args.chat_template_path)
         check_fits(model.backbone, processing_class, args.max_length)
         if args.padding_free:
             _check_padding_free(model)
@@ -133,6 +167,11 @@ class AVATrainer(Trainer):
             **kwargs,
         )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.ref_model = None
+        if args.td_reference and args.objective != "preftrans":  # the initial model, frozen, for Q_ref
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(self.args.device)
+        # Model-card metadata (datasets, tags, license, language, base_model); create_model_card's arguments add to it.
+        self.model_card_data: dict[str, Any] = {}
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """Trainer.train; ``resume_from_checkpoint`` True or a run's directory resumes from its newest complete
@@ -166,6 +205,9 @@ class AVATrainer(Trainer):
         require_dataset(dataset, f"{split}_dataset")
         if "prompt_ids" in dataset.column_names:  # already tokenised by the caller
             return dataset
+        if "prompt" not in dataset.column_names and {"chosen", "rejected"} <= set(dataset.column_names):
+            # Implicit prompts, as TRL accepts them: the shared start of chosen and rejected is the prompt.
+            dataset = dataset.map(maybe_extract_prompt, desc=f"{split}: extracting prompts")
         columns = response_columns(dataset.column_names)
         if split == "train" and args.objective != "ava-d" and columns != ("chosen", "rejected"):
             raise DataError(
@@ -180,7 +222,7 @@ class AVATrainer(Trainer):
             print(f"[avalign] {split}: cleaned: {cleaning.summary()}")
         tokenized, report = tokenize_dataset(
             dataset, tokenizer, max_length=args.max_length, is_encoder_decoder=is_encoder_decoder,
-            too_long=args.too_long, source=f"{split}_dataset",
+            too_long=args.too_long, source=f"{split}_dataset", num_proc=args.dataset_num_proc,
         )
         self.tokenize_reports[split] = report
         if args.process_index == 0:
@@ -188,7 +230,8 @@ class AVATrainer(Trainer):
         return tokenized
 
     # -- loss -----------------------------------------------------------------------------------------------
-    def _objective(self, output: TQROutput, is_pair: bool) -> tuple[AVAObjective, dict[str, torch.Tensor] | None]:
+    def _objective(self, output: TQROutput, is_pair: bool, td_baseline: torch.Tensor | None = None,
+                   ) -> tuple[AVAObjective, dict[str, torch.Tensor] | None]:
         """The objective of a batch, and (for preference batches) the sequence scores of both halves."""
         args: AVAConfig = self.args
         if args.objective != "ava-d" and not is_pair:
@@ -196,6 +239,8 @@ class AVATrainer(Trainer):
                             field="chosen/rejected")
         half = output.mask.shape[0] // 2 if is_pair else output.mask.shape[0]
         chosen, rejected = _rows(output, slice(0, half)), _rows(output, slice(half, None))
+        if td_baseline is not None:
+            chosen["td_baseline"], rejected["td_baseline"] = td_baseline[:half], td_baseline[half:]
         scores = None
         if is_pair:
             scores = {
@@ -208,8 +253,8 @@ class AVATrainer(Trainer):
         chosen_terms = sequence_terms(**chosen, **options)
         if args.objective == "ava-p":
             objective = ava_p_objective(
-                chosen_terms, sequence_terms(**rejected, **options), scores["chosen"]["last"],
-                scores["rejected"]["last"], beta=args.beta, lam=args.lam, cer_coef=args.cer_coef,
+                chosen_terms, sequence_terms(**rejected, **options), scores["chosen"][args.cer_target],
+                scores["rejected"][args.cer_target], beta=args.beta, lam=args.lam, cer_coef=args.cer_coef,
                 cer_form=args.cer_form, use_negative=args.use_negative, use_irl=args.use_irl, use_cer=args.use_cer,
             )
         else:
@@ -221,7 +266,11 @@ class AVATrainer(Trainer):
         inputs = dict(inputs)
         is_pair = bool(inputs.pop("is_preference"))
         output: TQROutput = model(**inputs, with_q=self.args.objective != "preftrans")
-        objective, scores = self._objective(output, is_pair)
+        td_baseline = None
+        if self.ref_model is not None:
+            with torch.no_grad():
+                td_baseline = self.ref_model(**inputs).q_values
+        objective, scores = self._objective(output, is_pair, td_baseline)
         loss = objective.loss
         mode = "train" if model.training else "eval"
         if mode == "train" and not torch.isfinite(loss):
@@ -288,26 +337,93 @@ class AVATrainer(Trainer):
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         save_training_record(output_dir, max_length=self.args.max_length)
         if self.args.should_save:
-            with open(os.path.join(output_dir, "README.md"), "w") as handle:
-                handle.write(self.model_card())
+            self._write_card(output_dir)
+
+    def _write_card(self, output_dir: str) -> None:
+        with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
+            handle.write(self.model_card())
+        shutil.copyfile(os.path.join(os.path.dirname(os.path.dirname(__file__)), "hub_loader.py"),
+                        os.path.join(output_dir, STANDALONE_LOADER))
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Trainer's push during training copies a fixed list of model files from the checkpoint to output_dir and
+        uploads output_dir; the heads, their config, the card and the standalone loader are copied here first, so
+        every pushed commit is a whole TQR model."""
+        if self.is_world_process_zero() and self.args.hub_strategy != "end":
+            for name in (TQR_CONFIG_NAME, TQR_HEADS_NAME, "README.md", STANDALONE_LOADER):
+                if os.path.isfile(os.path.join(checkpoint_folder, name)):
+                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+        super()._push_from_checkpoint(checkpoint_folder)
+
+    def create_model_card(self, language: str | None = None, license: str | None = None,
+                          tags: str | list[str] | None = None, model_name: str | None = None,
+                          finetuned_from: str | None = None, tasks: str | list[str] | None = None,
+                          dataset_tags: str | list[str] | None = None, dataset: str | list[str] | None = None,
+                          dataset_args: str | list[str] | None = None) -> None:
+        """Trainer's hook (``push_to_hub`` calls it; its TrainingSummary needs a PreTrainedModel's ``config``, which a
+        TQRModel does not have): write avalign's card, with these arguments in its metadata."""
+        if not self.is_world_process_zero():
+            return
+
+        def listed(value):
+            return [value] if isinstance(value, str) else list(value or [])
+
+        data = self.model_card_data
+        data["tags"] = list(dict.fromkeys(listed(data.get("tags")) + listed(tags)))
+        data["datasets"] = list(dict.fromkeys(listed(data.get("datasets")) + listed(dataset) + listed(dataset_tags)))
+        for key, value in (("language", language), ("license", license), ("base_model", finetuned_from),
+                           ("model_name", model_name)):
+            if value is not None:
+                data[key] = value
+        self._write_card(self.args.output_dir)
 
     def model_card(self) -> str:
-        """A short model card: what was trained, on what, with which options, and how it ended."""
+        """The model card: YAML metadata for the Hub, what was trained, on what, with which options, how it ended,
+        how to load it (with or without avalign) and what to cite."""
+        from huggingface_hub import ModelCardData
+
         args: AVAConfig = self.args
         model = self.accelerator.unwrap_model(self.model)
-        backbone = getattr(model.backbone.config, "_name_or_path", "") or model.backbone.config.model_type
+        backbone_config = model.backbone.config
+        loaded_from = getattr(backbone_config, "_name_or_path", "")
+        backbone = loaded_from or backbone_config.model_type
+        data = dict(self.model_card_data)
+        name = data.pop("model_name", None) or os.path.basename(os.path.normpath(args.output_dir or "model"))
+        base_model = data.pop("base_model", None) or (loaded_from if _is_hub_id(loaded_from) else None)
+        metadata = ModelCardData(
+            base_model=base_model, library_name="avalign", license=data.pop("license", "other"),
+            tags=list(dict.fromkeys(["avalign", "ava", "reward-model", args.objective, *data.pop("tags", [])])),
+            datasets=data.pop("datasets", None) or None, **data,
+        )
         options = {f.name: getattr(args, f.name) for f in fields(AVAConfig) if f.name in _CARD_OPTIONS}
         last_logs = {k: v for h in self.state.log_history for k, v in h.items()}
+        repo = getattr(self, "hub_model_id", None) or args.hub_model_id or name
         lines = [
-            f"# {os.path.basename(os.path.normpath(args.output_dir or 'model'))}", "",
+            "---", metadata.to_yaml(), "---", "", f"# {name}", "",
             f"A TQR model trained with avalign {__version__} ({args.objective}; Approximated Variational Alignment, "
-            "Cai et al., AAAI 2025) on a `" + backbone + "` backbone.", "",
-            "Load the reward model with `avalign.AVARewardModel.from_pretrained(path)`; the backbone alone (the "
-            "policy, when the Q head is the pretrained LM head) with `AutoModelFor*.from_pretrained(path)`.", "",
+            "Cai et al., AAAI 2025) on a `" + backbone + "` backbone: a reward mean mu_t, a sigma_t and a weight w_t "
+            "for every response token.", "",
+            "## Usage", "", "With avalign (`pip install avalign`):", "", "```python",
+            "from avalign import AVARewardModel", "",
+            f'model = AVARewardModel.from_pretrained("{repo}")',
+            'rewards = model.score(["Why is the sky blue?"], [" Rayleigh scattering."])[0]',
+            f"rewards.{model.tqr_config.scoring}, rewards.token_rewards, rewards.reward_std  # sequence score, w_t mu_t, "
+            "sigma_t", "```", "",
+            "Or `avalign score --model_name_or_path " + repo + " --dataset_name rows.jsonl --output_file scored.jsonl "
+            "--html report.html`, and `avalign serve` for OpenRLHF's `--remote_rm_url`.", "",
+            f"Without avalign (needs torch, transformers and safetensors; causal-LM backbones): `{STANDALONE_LOADER}` "
+            "in this repository loads the model.", "", "```python",
+            "from ava_reward_model import load_ava_reward_model", "",
+            f'model = load_ava_reward_model("{repo}")',
+            'out = model.score("Why is the sky blue?", " Rayleigh scattering.")',
+            'out["score"], out["token_rewards"], out["token_std"]', "```", "",
+            "The backbone alone (the policy, when the Q head is the pretrained LM head) loads with "
+            "`AutoModelFor*.from_pretrained`; `AutoModelForSequenceClassification` does not read the reward heads.", "",
             "## Training", "", f"- steps: {self.state.global_step}, epochs: {self.state.epoch}",
             *(f"- {split} data: {report.summary()}" for split, report in self.tokenize_reports.items()),
             "", "## Options", "", *(f"- `{k}`: {v}" for k, v in options.items()),
             "", "## Last logged metrics", "", *(f"- `{k}`: {v}" for k, v in sorted(last_logs.items())), "",
+            "## Citation", "", "```bibtex", AVA_BIBTEX, "```", "",
         ]
         return "\n".join(lines)
 

@@ -3,24 +3,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import fields
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    IntervalStrategy,
-    PreTrainedTokenizerBase,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import IntervalStrategy, PreTrainedTokenizerBase, TrainingArguments
 from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
 from ..backbones import check_fits
-from ..data.tokenize import TokenizeReport, ensure_pad_token, response_columns, tokenize_dataset
+from ..data.tokenize import TokenizeReport, ensure_pad_token, load_chat_template, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError
+from ..modeling import check_quantization
 from .ava_config import AVAConfig, TRL_OBJECTIVES, WithoutHubToken
 from .callbacks import DivergenceGuard
 
@@ -40,7 +35,7 @@ class _SFTConfig(WithoutHubToken, SFTConfig):
 def bt_config(**overrides: Any) -> RewardConfig:
     """RewardConfig with settings that TRL defaults differently from AVAConfig made equal: no bf16 on CPU,
     no gradient checkpointing, no reports."""
-    values: dict[str, Any] = dict(bf16=torch.cuda.is_available(), gradient_checkpointing=False, report_to="none")
+    values: dict[str, Any] = dict(bf16=torch.cuda.is_available(), activation_checkpointing=False, report_to="none")
     values.update(overrides)
     return RewardConfig(**values)
 
@@ -51,7 +46,8 @@ def trl_config(args: AVAConfig) -> RewardConfig | DPOConfig | SFTConfig:
     if args.objective not in TRL_OBJECTIVES:
         raise ConfigError(f"objective {args.objective} is not a TRL baseline {TRL_OBJECTIVES}")
     shared = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
-    shared.update(max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing)
+    shared.update(max_length=args.max_length, gradient_checkpointing=args.gradient_checkpointing,
+                  model_init_kwargs=args.model_init_kwargs, trust_remote_code=args.trust_remote_code)
     if args.objective == "bt":
         return _RewardConfig(**shared)
     if args.objective == "dpo":
@@ -70,31 +66,37 @@ def as_bt_features(tokenized: Dataset) -> Dataset:
 
 
 def bradley_terry_trainer(
-    backbone: str, tokenizer: PreTrainedTokenizerBase, train: Dataset, eval_dataset: Dataset | None, args: RewardConfig
+    backbone: str, tokenizer: PreTrainedTokenizerBase, train: Dataset, eval_dataset: Dataset | None, args: RewardConfig,
+    peft_config: "PeftConfig | None" = None, quantization_config: "BitsAndBytesConfig | None" = None,
 ) -> RewardTrainer:
-    """TRL's RewardTrainer on ``backbone`` (a hub id or a directory saved by save_pretrained) with a fresh scalar
-    head. The pad token must differ from EOS: the classifier scores the last non-pad token, and TRL appends EOS.
-    The head is initialised under ``args.seed`` (the Trainer only seeds after the model exists)."""
-    set_seed(args.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    check_fits(model, tokenizer, args.max_length)
-    return RewardTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_dataset, processing_class=tokenizer,
+    """TRL's RewardTrainer on ``backbone`` (a hub id or a directory saved by save_pretrained), which it loads with a
+    fresh scalar head initialised under ``args.seed``. The pad token must differ from EOS: the classifier scores the
+    last non-pad token, and TRL appends EOS. With ``peft_config`` the adapter's task is sequence classification, so
+    that PEFT trains and saves the fresh head too."""
+    if peft_config is not None and peft_config.task_type != "SEQ_CLS":
+        peft_config = dataclasses.replace(peft_config, task_type="SEQ_CLS")
+    return RewardTrainer(model=backbone, args=args, train_dataset=train, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, peft_config=peft_config, quantization_config=quantization_config,
                          callbacks=[DivergenceGuard()])
 
 
 def trl_trainer(
-    backbone: str, tokenizer: PreTrainedTokenizerBase, train: Dataset, eval_dataset: Dataset | None, args: AVAConfig
+    backbone: str, tokenizer: PreTrainedTokenizerBase, train: Dataset, eval_dataset: Dataset | None, args: AVAConfig,
+    peft_config: "PeftConfig | None" = None, quantization_config: "BitsAndBytesConfig | None" = None,
 ):
-    """The TRL trainer of ``args.objective`` on ``backbone`` (a hub id or a saved backbone directory).
+    """The TRL trainer of ``args.objective`` on ``backbone`` (a hub id or a saved backbone directory), with
+    ``peft_config`` and ``quantization_config`` as TRL's own scripts pass them.
 
     bt: preference rows, tokenised and truncated by avalign exactly as for AVA (``as_bt_features``). dpo:
     preference rows, TRL's own tokenisation and truncation. sft: demonstrations (prompt/completion), or the chosen
     responses of preference rows, with TRL's completion-only loss."""
+    check_quantization(quantization_config)
     config = trl_config(args)
     if eval_dataset is None:  # nothing to evaluate: an eval_strategy set for the other objectives must not stop SFT
         config.eval_strategy = IntervalStrategy.NO
     ensure_pad_token(tokenizer)
+    if args.chat_template_path is not None:  # on the tokenizer, for every baseline (DPOConfig has no such field)
+        tokenizer.chat_template = load_chat_template(args.chat_template_path)
     columns = response_columns(train.column_names)
     if args.objective in ("bt", "dpo") and columns != ("chosen", "rejected"):
         raise DataError(f"objective {args.objective} needs preference rows (prompt/chosen/rejected); the train set "
@@ -108,23 +110,22 @@ def trl_trainer(
                                                          too_long=args.too_long, source=split)
             return as_bt_features(tokenized)
         trainer = bradley_terry_trainer(backbone, tokenizer, features(train, "train"), features(eval_dataset, "eval"),
-                                        config)
+                                        config, peft_config, quantization_config)
     else:
-        set_seed(args.seed)
-        model = AutoModelForCausalLM.from_pretrained(backbone)
-        check_fits(model, tokenizer, args.max_length)
+        model = dict(model=backbone, peft_config=peft_config, quantization_config=quantization_config,
+                     callbacks=[DivergenceGuard()])
         if args.objective == "dpo":
-            trainer = DPOTrainer(model=model, args=config, train_dataset=train, eval_dataset=eval_dataset,
-                                 processing_class=tokenizer, callbacks=[DivergenceGuard()])
+            trainer = DPOTrainer(**model, args=config, train_dataset=train, eval_dataset=eval_dataset,
+                                 processing_class=tokenizer)
         else:
             as_sft = lambda rows: rows if rows is None or "completion" in rows.column_names else (
                 rows.select_columns(["prompt", "chosen"]).rename_column("chosen", "completion"))
-            trainer = SFTTrainer(model=model, args=config, train_dataset=as_sft(train),
-                                 eval_dataset=as_sft(eval_dataset), processing_class=tokenizer,
-                                 callbacks=[DivergenceGuard()])
+            trainer = SFTTrainer(**model, args=config, train_dataset=as_sft(train),
+                                 eval_dataset=as_sft(eval_dataset), processing_class=tokenizer)
         for split, rows in (("train", train), ("eval", eval_dataset)):
             if rows is not None:
                 reports[split] = trl_report(len(rows), getattr(trainer, f"{split}_dataset"), args.max_length)
+    check_fits(trainer.model, tokenizer, args.max_length)
     for split, report in reports.items():
         print(f"[avalign] {split}: {report.summary()}")
     reports["train"].require_rows("train_dataset")
