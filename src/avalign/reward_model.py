@@ -390,5 +390,7 @@ def load_reward_model(path: str, **kwargs) -> AVARewardModel | BTRewardModel:
         return AVARewardModel.from_pretrained(path, **kwargs)
     try:
         return BTRewardModel.from_pretrained(path, **kwargs)
+    except ConfigError:  # says what is wrong already
+        raise
     except (OSError, ValueError) as exc:  # not a model directory, an unknown hub id, no network, ...
         raise ConfigError(f"cannot load a reward model from '{path}': {exc}") from exc
