@@ -29,7 +29,7 @@ def main(out_dir: str) -> None:
     tokenizer = task.tokenizer()
     args = AVAConfig(output_dir=out_dir, per_device_train_batch_size=4, per_device_eval_batch_size=3, max_steps=2,
                      logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
-                     ddp_backend="gloo", learning_rate=1e-3)
+                     ddp_backend="gloo", learning_rate=1e-3, max_length=64)
     trainer = AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=args, train_dataset=train,
                          eval_dataset=eval_set, processing_class=tokenizer,
                          data_collator=RecordingCollator(tokenizer.pad_token_id))

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
+from trl import DPOConfig
 
 from avalign.cli import main
 from avalign.reward_model import AVARewardModel, BTRewardModel, load_reward_model
@@ -16,7 +17,7 @@ def test_trl_config_carries_the_shared_training_arguments(tmp_path):
     args = AVAConfig(output_dir=str(tmp_path), objective="dpo", learning_rate=3e-4, max_steps=7, seed=11,
                      per_device_train_batch_size=5, warmup_steps=2, max_length=99, dpo_beta=0.3, use_cpu=True)
     config = trl_config(args)
-    assert type(config).__name__ == "DPOConfig"
+    assert isinstance(config, DPOConfig)
     assert (config.learning_rate, config.max_steps, config.seed, config.per_device_train_batch_size,
             config.warmup_steps, config.max_length, config.beta) == (3e-4, 7, 11, 5, 2, 99, 0.3)
 

@@ -76,7 +76,8 @@ def test_cer_target_sum_ranks_the_weighted_returns(tokenizer, synthetic, tmp_pat
     model = TQRModel(tiny_backbone("gpt2", tokenizer))
     torch.nn.init.normal_(model.reward_head.weight, std=0.5)
     for target in ("sum", "last"):
-        args = AVAConfig(output_dir=str(tmp_path), cer_target=target, use_cpu=True, report_to="none")
+        args = AVAConfig(output_dir=str(tmp_path), cer_target=target, use_cpu=True, report_to="none",
+                         max_length=64)
         assert args.scoring == target  # the default score follows the CER target
         trainer = AVATrainer(model, args=args, train_dataset=synthetic[0].select(range(4)), processing_class=tokenizer)
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
@@ -128,7 +129,8 @@ def test_td_reference_takes_td_errors_of_the_change_in_q(tokenizer, synthetic, t
     the trainer was built: zero before training, and recomputed by hand after the model's LM head moves."""
     torch.manual_seed(0)
     model = TQRModel(tiny_backbone("gpt2", tokenizer))
-    args = AVAConfig(output_dir=str(tmp_path), td_reference=True, gamma=0.9, use_cpu=True, report_to="none")
+    args = AVAConfig(output_dir=str(tmp_path), td_reference=True, gamma=0.9, use_cpu=True, report_to="none",
+                     max_length=64)
     trainer = AVATrainer(model, args=args, train_dataset=synthetic[0].select(range(4)), processing_class=tokenizer)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     batch.pop("is_preference")

@@ -22,7 +22,7 @@ def trainer(tmp_path, synthetic, tokenizer):
     torch.manual_seed(0)
     model = TQRModel(tiny_backbone("gpt2", tokenizer))
     torch.nn.init.normal_(model.reward_head.weight, std=0.5)  # zero heads would score everything 0
-    args = AVAConfig(output_dir=str(tmp_path / "ava-tiny"), max_steps=1, report_to=[], use_cpu=True,
+    args = AVAConfig(output_dir=str(tmp_path / "ava-tiny"), max_steps=1, max_length=64, report_to=[], use_cpu=True,
                      disable_tqdm=True, hub_model_id="someone/ava-tiny")
     return AVATrainer(model, args=args, train_dataset=synthetic[0].select(range(8)), processing_class=tokenizer)
 
@@ -61,7 +61,7 @@ def test_push_to_hub_uploads_the_model_and_its_card(trainer, uploads):
 
 def test_pushes_during_training_upload_whole_models(tmp_path, synthetic, tokenizer, uploads):
     """hub_strategy every_save: each checkpoint's push already holds the heads, their config and the loader."""
-    args = AVAConfig(output_dir=str(tmp_path / "run"), max_steps=2, save_strategy="steps", save_steps=1,
+    args = AVAConfig(output_dir=str(tmp_path / "run"), max_steps=2, max_length=64, save_strategy="steps", save_steps=1,
                      push_to_hub=True, hub_model_id="someone/run", report_to=[], use_cpu=True, disable_tqdm=True)
     AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=args, train_dataset=synthetic[0].select(range(4)),
                processing_class=tokenizer).train()

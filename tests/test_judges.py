@@ -83,6 +83,8 @@ class StubJudge(BaseHTTPRequestHandler):
         server.requests.append((self.path, self.headers.get("Authorization"), request))
         if server.mode == "error":
             return self._send(500, b"overloaded")
+        if server.mode == "echo":  # a careless server echoes the request's headers in its error body
+            return self._send(401, f"unauthorized; you sent Authorization: {self.headers.get('Authorization')}".encode())
         if server.mode == "garbage":
             return self._send(200, b"<html>not json</html>")
         content = request["messages"][-1]["content"]
@@ -153,3 +155,28 @@ def test_llm_judge_errors_name_the_endpoint_and_the_row(stub_server, mode, messa
 def test_docs_quote_the_llm_judge_prompt():
     docs = (Path(__file__).resolve().parents[1] / "docs" / "policy.md").read_text()
     assert f"```text\n{JUDGE_SYSTEM_PROMPT}\n```" in docs and f"```text\n{JUDGE_USER_PROMPT}\n```" in docs
+
+
+def test_llm_judge_keeps_secrets_out_of_its_messages(stub_server, monkeypatch):
+    monkeypatch.setenv("STUB_KEY", "sk-secret-123")
+    stub_server.mode = "echo"
+    with pytest.raises(JudgeError, match="HTTP 401") as error:
+        judge_for(stub_server, api_key_env="STUB_KEY", retries=0).judge(["p"], ["x"], ["y"])
+    assert "sk-secret-123" not in str(error.value) and "Authorization: Bearer ***" in str(error.value)
+    port = stub_server.server_address[1]
+    judge = LLMJudge(f"http://user:pw-456@127.0.0.1:{port}/v1", "m", api_key_env="STUB_KEY", retries=0)
+    assert judge.shown_url == f"http://user:***@127.0.0.1:{port}/v1/chat/completions"
+    with pytest.raises(JudgeError) as error:
+        judge.judge(["p"], ["x"], ["y"])
+    assert "pw-456" not in str(error.value)
+
+
+def test_llm_judge_warns_about_a_missing_key_and_a_key_over_http(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with pytest.warns(UserWarning, match="NO_SUCH_KEY is not set"):
+        LLMJudge("https://judge.example/v1", "m", api_key_env="NO_SUCH_KEY")
+    monkeypatch.setenv("STUB_KEY", "k")
+    with pytest.warns(UserWarning, match="unencrypted over http:// to judge.example"):
+        LLMJudge("http://judge.example/v1", "m", api_key_env="STUB_KEY")
+    with pytest.raises(ConfigError, match="expected http"):
+        LLMJudge("judge.example/v1", "m", api_key_env="STUB_KEY")

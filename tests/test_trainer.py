@@ -1,6 +1,7 @@
 """AVATrainer end to end on tiny models: parameters move, metrics agree, bad input fails clearly, resume is exact."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -76,20 +77,31 @@ class StopAt(TrainerCallback):
         control.should_training_stop = state.global_step >= self.step
 
 
-def test_resume_logs_the_same_losses(tokenizer, synthetic, tmp_path):
+def test_resume_logs_the_same_losses(tokenizer, synthetic, tmp_path, capsys):
     def run(output_dir, stop_at=None, resume=None):
         model = TQRModel(tiny_backbone("gpt2", tokenizer, seed=3))
         args = config(output_dir, max_steps=6, save_strategy="steps", save_steps=3, learning_rate=5e-3)
         callbacks = [StopAt(stop_at)] if stop_at else None
         trainer = AVATrainer(model, args=args, train_dataset=synthetic[0], processing_class=tokenizer, callbacks=callbacks)
-        trainer.train(resume_from_checkpoint=resume)
-        return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+        output = trainer.train(resume_from_checkpoint=resume)
+        losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+        return losses, model.state_dict(), output.training_loss
 
-    full = run(tmp_path / "full")
-    first = run(tmp_path / "stopped", stop_at=3)
-    resumed = run(tmp_path / "stopped", resume=str(tmp_path / "stopped" / "checkpoint-3"))
+    full, full_weights, full_train_loss = run(tmp_path / "full")
+    first, _, _ = run(tmp_path / "stopped", stop_at=3)
+    # A checkpoint whose save was killed before trainer_state.json (written last): resume must skip it.
+    shutil.copytree(tmp_path / "stopped" / "checkpoint-3", tmp_path / "stopped" / "checkpoint-4")
+    (tmp_path / "stopped" / "checkpoint-4" / "trainer_state.json").unlink()
+    capsys.readouterr()
+    resumed, resumed_weights, resumed_train_loss = run(tmp_path / "stopped", resume=str(tmp_path / "stopped"))
+    assert "skipping" in capsys.readouterr().out
     assert sorted(full) == [1, 2, 3, 4, 5, 6] and sorted(first) == [1, 2, 3]
     assert {**first, **resumed} == full  # bitwise: the same losses, step by step
+    assert full_weights.keys() == resumed_weights.keys()
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)  # and the same weights
+    assert resumed_train_loss == pytest.approx(full_train_loss, rel=1e-6)  # the mean over all 6 steps, not 3
+    with pytest.raises(ConfigError, match="incomplete"):  # named explicitly: refused, not crashed on
+        run(tmp_path / "stopped", resume=str(tmp_path / "stopped" / "checkpoint-4"))
 
 
 def test_nan_loss_stops_with_the_step(tokenizer, synthetic, tmp_path):
@@ -118,11 +130,13 @@ def test_ava_p_refuses_demonstrations(tokenizer, tmp_path):
         AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=config(tmp_path), train_dataset=rows, processing_class=tokenizer)
 
 
-def test_empty_response_names_row_and_field(tokenizer, synthetic, tmp_path):
+def test_empty_response_is_dropped_and_counted_as_by_the_loader(tokenizer, synthetic, tmp_path, capsys):
     rows = synthetic[0].select(range(3)).to_list()
     rows[2]["rejected"] = "   "
-    with pytest.raises(DataError, match="row 3, field 'rejected': empty response"):
-        AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=config(tmp_path), train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=config(tmp_path),
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    assert trainer.tokenize_reports["train"].rows_in == 2
+    assert "3 rows in, 2 out; dropped 1: 1 empty response" in capsys.readouterr().out
 
 
 def test_tokenizer_without_pad_token_gets_one_with_a_warning(synthetic, tmp_path):

@@ -13,7 +13,8 @@ from conftest import tiny_backbone
 
 def _trainer(tmp_path, tokenizer, rows, **options):
     torch.manual_seed(0)
-    args = AVAConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True, **options)
+    args = AVAConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, disable_tqdm=True, max_length=64,
+                     **options)
     return AVATrainer(TQRModel(tiny_backbone("gpt2", tokenizer)), args=args, train_dataset=rows,
                       processing_class=tokenizer)
 

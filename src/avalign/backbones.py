@@ -49,3 +49,23 @@ def build_backbone(
     torch.manual_seed(seed)
     auto_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     return auto_class.from_config(config)
+
+
+def context_length(config) -> int | None:
+    """The most positions a backbone embeds (per side for encoder-decoders); None where it has no such limit (T5's
+    relative positions)."""
+    value = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return value if isinstance(value, int) else None
+
+
+def check_fits(backbone: PreTrainedModel, tokenizer, max_length: int | None) -> None:
+    """A ConfigError, before any training or scoring, where the tokenizer's ids or max_length would index past the
+    backbone's embedding matrices (otherwise an IndexError mid-run)."""
+    rows = backbone.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding matrix has {rows} rows: "
+                          "use the model's own tokenizer (or resize the model's embeddings)")
+    context = context_length(backbone.config)
+    if context is not None and (max_length is None or max_length > context):
+        raise ConfigError(f"max_length {max_length} exceeds the model's {context} positions "
+                          f"(max_position_embeddings): pass --max_length {context} or less")

@@ -32,11 +32,10 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help", "help"):
+    if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
-    # With no command (or only flags), run the main job: `train`, by default AVA-p on the embedded synthetic task.
-    command = argv.pop(0) if argv and not argv[0].startswith("-") else "train"
+    command = argv.pop(0)
     if command not in COMMANDS:
         print(f"avalign: unknown command '{command}'.\n\n{_usage()}", file=sys.stderr)
         return 2

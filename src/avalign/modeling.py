@@ -11,9 +11,12 @@ transition (state x_{0..i}, action x_{i+1}), i = 0..L-2:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +32,7 @@ from .ops import Q_KERNELS, pretrained_q_values
 
 TQR_CONFIG_NAME = "tqr_config.json"
 TQR_HEADS_NAME = "tqr_heads.safetensors"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json")
 ADAPTER_CONFIG_NAME = "adapter_config.json"  # PEFT's: a directory holding a backbone's adapter, not its weights
 
 
@@ -65,10 +69,17 @@ class TQRConfig:
     def __post_init__(self) -> None:
         if not self.log_std_min < self.log_std_max:
             raise ConfigError(f"log_std_min ({self.log_std_min}) must be below log_std_max ({self.log_std_max})")
-        if self.alpha <= 0:
+        if not self.alpha > 0 or not math.isfinite(self.alpha):
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
+        if self.q_chunk_size is not None and self.q_chunk_size < 1:
+            raise ConfigError(f"q_chunk_size must be None or >= 1, got {self.q_chunk_size}")
         if self.q_kernel not in Q_KERNELS:
             raise ConfigError(f"unknown q_kernel '{self.q_kernel}'; expected one of {list(Q_KERNELS)}")
+
+
+def upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in at least float32: bf16/fp16 outputs are upcast for the loss, float64 ones stay float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 @dataclass
@@ -318,17 +329,38 @@ class TQRModel(nn.Module):
     def save_pretrained(self, directory: str, state_dict: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> None:
         """The backbone in its own Hugging Face format (loadable alone by AutoModelFor*), plus the heads.
 
+        Written to a temporary directory beside ``directory`` first, then moved in (the whole directory when it is
+        new; else file by file, with tqr_config.json removed first and written last): a save that fails leaves
+        the earlier model intact, and one interrupted while moving leaves no tqr_config.json, which the loaders
+        refuse, instead of a new backbone beside old heads.
+
         ``state_dict``: the full model's weights when they live elsewhere (gathered from FSDP or DeepSpeed shards
         by the Trainer); by default this module's own."""
-        os.makedirs(directory, exist_ok=True)
-        state_dict = self.state_dict() if state_dict is None else state_dict
-        prefix = "backbone."
-        backbone_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        self.backbone.save_pretrained(directory, state_dict=backbone_state, **kwargs)
-        heads = {k: v.contiguous() for k, v in state_dict.items() if not k.startswith(prefix)}
-        save_file(heads, os.path.join(directory, TQR_HEADS_NAME))
-        with open(os.path.join(directory, TQR_CONFIG_NAME), "w") as handle:
-            json.dump(asdict(self.tqr_config), handle, indent=2)
+        directory = os.path.abspath(directory)
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.saving-", dir=os.path.dirname(directory))
+        try:
+            state_dict = self.state_dict() if state_dict is None else state_dict
+            prefix = "backbone."
+            backbone_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            self.backbone.save_pretrained(staging, state_dict=backbone_state, **kwargs)
+            heads = {k: v.contiguous() for k, v in state_dict.items() if not k.startswith(prefix)}
+            save_file(heads, os.path.join(staging, TQR_HEADS_NAME))
+            with open(os.path.join(staging, TQR_CONFIG_NAME), "w") as handle:
+                json.dump(asdict(self.tqr_config), handle, indent=2)
+            if not os.path.exists(directory):
+                os.rename(staging, directory)
+                return
+            new = sorted(os.listdir(staging), key=lambda name: name == TQR_CONFIG_NAME)  # the config last
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, TQR_CONFIG_NAME))
+            for name in os.listdir(directory):  # weight files of an earlier save that this one does not write
+                if name not in new and name.startswith(("model", "pytorch_model")) and name.endswith(_WEIGHT_SUFFIXES):
+                    os.remove(os.path.join(directory, name))
+            for name in new:
+                os.replace(os.path.join(staging, name), os.path.join(directory, name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     # Activation checkpointing under the names transformers keeps (Trainer calls these); the heads are cheap.
     def activation_checkpointing_enable(self, **kwargs: Any) -> None:
@@ -359,7 +391,15 @@ class TQRModel(nn.Module):
                 encoder_hidden_states=encoder_out.last_hidden_state,
                 encoder_attention_mask=attention_mask,
             ).last_hidden_state
-        return backbone.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        base = backbone.base_model
+        positions = {}
+        if attention_mask is not None and "position_ids" in inspect.signature(base.forward).parameters:
+            # Positions start at a row's first real token, so a left-padded row is embedded as the same row padded
+            # right; a right-padded batch gets exactly the default positions 0..L-1.
+            leading_padding = (attention_mask.long().cumsum(-1) == 0).sum(-1, keepdim=True)
+            positions["position_ids"] = (torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+                                         - leading_padding).clamp(min=0)
+        return base(input_ids=input_ids, attention_mask=attention_mask, **positions).last_hidden_state
 
     def _packed_hidden_states(self, input_ids, position_ids, completion_mask):
         """Backbone over a packed row, then (hidden, tokens, token mask, completion mask) unpacked to [S, L_max]."""
@@ -419,11 +459,11 @@ class TQRModel(nn.Module):
             q_flat = run_as_forward(head, self._taken_q_values, state_hidden[mask], tokens[:, 1:][mask])
             q_values = q_values.to(q_flat.dtype).masked_scatter(mask, q_flat)
 
-        reward = self.reward_head(next_hidden).float()
+        reward = upcast(self.reward_head(next_hidden))
         reward_mean = reward[..., 0].contiguous()  # a copy: FSDP2 warns of outputs that are views
         reward_log_std = reward[..., 1].clamp(self.tqr_config.log_std_min, self.tqr_config.log_std_max)
         if self.reward_weights is not None:
             weights = self.reward_weights(next_hidden, mask, self.tqr_config.rescale_reward_weights)
         else:
-            weights = mask.float()
+            weights = mask.to(reward.dtype)
         return TQROutput(q_values, reward_mean, reward_log_std, weights, mask)

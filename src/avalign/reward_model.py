@@ -16,12 +16,15 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from .backbones import check_fits, context_length
 from .data.collator import TQRCollator, collate_sequences
+from .data.formats import DEMONSTRATION, Record, RowFormat, validate_row
 from .data.tokenize import ensure_pad_token, tokenize_dataset
 from .evaluation.pairwise import bootstrap_interval, pairwise_correct
 from .losses import sequence_rewards
-from .errors import ConfigError
-from .modeling import TQR_CONFIG_NAME, TQRModel, TQROutput
+from .errors import ConfigError, DataError
+from .modeling import TQR_CONFIG_NAME, TQRModel, TQROutput, upcast
+from .training_record import load_training_record
 
 
 def token_rewards(output: TQROutput, kappa: float = 0.0) -> torch.Tensor:
@@ -66,6 +69,17 @@ def pair_metrics(chosen: dict[str, list[float]], rejected: dict[str, list[float]
     return metrics
 
 
+def _prompt_completion_rows(prompts: list, responses: list) -> Dataset:
+    """(prompt, response) pairs as rows, after checking that they pair up and are text or messages."""
+    prompts, responses = list(prompts), list(responses)
+    if len(prompts) != len(responses):
+        raise DataError(f"got {len(prompts)} prompts but {len(responses)} responses; pass one response per prompt")
+    for row, (prompt, response) in enumerate(zip(prompts, responses), 1):
+        validate_row(Record("scored rows", row, {"prompt": prompt, "completion": response}),
+                     RowFormat(DEMONSTRATION, conversational=isinstance(prompt, list)))
+    return Dataset.from_dict({"prompt": prompts, "completion": responses})
+
+
 def _batches(tokenized: Dataset, batch_size: int, progress: bool):
     for start in tqdm(range(0, len(tokenized), batch_size), desc="scoring", disable=not progress):
         yield [tokenized[i] for i in range(start, min(start + batch_size, len(tokenized)))]
@@ -73,6 +87,19 @@ def _batches(tokenized: Dataset, batch_size: int, progress: bool):
 
 class _PairEvaluation:
     is_encoder_decoder = False
+
+    def _fit_to(self, backbone, max_length: int | None) -> None:
+        """Score within the model's context: max_length None means the whole context; beyond it is refused, as is a
+        tokenizer with ids past the embedding matrix."""
+        self.max_length = context_length(backbone.config) if max_length is None else max_length
+        check_fits(backbone, self.tokenizer, self.max_length)
+
+    @staticmethod
+    def _trained_length(path: str, kwargs: dict) -> dict:
+        """``kwargs`` with max_length, when not given, the truncation the model was trained with."""
+        if kwargs.get("max_length") is None:
+            kwargs = {**kwargs, "max_length": load_training_record(path).get("max_length")}
+        return kwargs
 
     def _tokenized(self, rows: Dataset) -> Dataset:
         """Rows as token ids: tokenised and truncated as in training, unless the caller already did (prompt_ids)."""
@@ -114,7 +141,8 @@ class AVARewardModel(_PairEvaluation):
         self.scorings = (native, *[s for s in AVARewardModel.scorings if s != native])
         self.model = model.eval()
         self.tokenizer = ensure_pad_token(tokenizer)
-        self.max_length, self.batch_size, self.is_encoder_decoder = max_length, batch_size, model.is_encoder_decoder
+        self.batch_size, self.is_encoder_decoder = batch_size, model.is_encoder_decoder
+        self._fit_to(model.backbone, max_length)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self.collator = TQRCollator(
@@ -123,7 +151,8 @@ class AVARewardModel(_PairEvaluation):
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "AVARewardModel":
-        return cls(TQRModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kwargs)
+        """Scores with the truncation the model was trained with unless ``max_length`` is given."""
+        return cls(TQRModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **cls._trained_length(path, kwargs))
 
     @torch.no_grad()
     def _forward(self, rows: Dataset, progress: bool):
@@ -149,7 +178,7 @@ class AVARewardModel(_PairEvaluation):
 
     def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
         """One ResponseRewards per (prompt, response); prompts/responses are strings or conversational messages."""
-        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        rows = _prompt_completion_rows(prompts, responses)
         results = []
         for features, out, scores in self._forward(rows, progress):
             dense = token_rewards(out)
@@ -200,13 +229,21 @@ class BTRewardModel(_PairEvaluation):
         self.model = model.eval()
         self.tokenizer = ensure_pad_token(tokenizer)
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.max_length, self.batch_size = max_length, batch_size
+        self.batch_size = batch_size
+        self._fit_to(model, max_length)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "BTRewardModel":
-        return cls(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), AutoTokenizer.from_pretrained(path), **kwargs)
+        """Refuses a model without a trained scalar head (a plain LM would get a random one); scores with the
+        truncation the model was trained with unless ``max_length`` is given."""
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, output_loading_info=True)
+        if info["missing_keys"]:
+            raise ConfigError(f"{path} is not a reward model: {sorted(info['missing_keys'])} "
+                              "would be initialised at random (a directory written by `avalign train` holds a "
+                              f"{TQR_CONFIG_NAME} or a trained classification head)")
+        return cls(model, AutoTokenizer.from_pretrained(path), **cls._trained_length(path, kwargs))
 
     @torch.no_grad()
     def _scores(self, rows: Dataset, progress: bool) -> list[float]:
@@ -222,8 +259,8 @@ class BTRewardModel(_PairEvaluation):
     def forward_features(self, features: list[dict], keys: tuple[str, ...] = ("completion",)) -> torch.Tensor:
         """One score per sequence for tokenised rows: a block of rows per response key, in ``keys`` order."""
         batch = collate_sequences(features, keys, self.tokenizer.pad_token_id)
-        return self.model(input_ids=batch["input_ids"].to(self.device),
-                          attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0].float()
+        return upcast(self.model(input_ids=batch["input_ids"].to(self.device),
+                                 attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0])
 
     @torch.no_grad()
     def prefix_rewards(self, features: list[dict]) -> list[torch.Tensor]:
@@ -262,7 +299,7 @@ class BTRewardModel(_PairEvaluation):
         return results
 
     def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
-        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        rows = _prompt_completion_rows(prompts, responses)
         return {"last": self._scores(rows, progress)}
 
     def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
@@ -353,5 +390,7 @@ def load_reward_model(path: str, **kwargs) -> AVARewardModel | BTRewardModel:
         return AVARewardModel.from_pretrained(path, **kwargs)
     try:
         return BTRewardModel.from_pretrained(path, **kwargs)
+    except ConfigError:  # says what is wrong already
+        raise
     except (OSError, ValueError) as exc:  # not a model directory, an unknown hub id, no network, ...
         raise ConfigError(f"cannot load a reward model from '{path}': {exc}") from exc

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from .generate import add_policy_arguments, gold_summary, load_policy_and_prompts, sampling_kwargs, write_jsonl
+from .parsing import ArgumentParser
 
 
 def _finite_mean(values) -> float:
@@ -21,7 +22,7 @@ def _or_null(score: float) -> float | None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="avalign bon", description=__doc__)
+    parser = ArgumentParser(prog="avalign bon", description=__doc__)
     add_policy_arguments(parser, default_n=4)
     parser.add_argument("--reward_model", required=True,
                         help="Any reward model avalign trains: an AVA (TQR) directory, a Bradley-Terry "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from datasets import Dataset
@@ -9,6 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl import ModelConfig
 
 from ..backbones import build_backbone
+from ..data.splits import check_fraction
 from ..data.synthetic import SYNTHETIC, SyntheticTask, synthetic_datasets
 from ..errors import ConfigError
 from ..modeling import TQRModel
@@ -24,6 +26,13 @@ class ModelArguments(ModelConfig):
         metadata={"help": "Hub id or local path of a backbone (causal LM or encoder-decoder) or a saved TQR model. "
                   "Default: a tiny GPT-2 built from a config (synthetic task only)."},
     )
+
+    def __post_init__(self) -> None:
+        path = self.model_name_or_path
+        # A hub id is "name" or "org/name"; anything else is a local path, which must exist before any work starts.
+        if path is not None and not os.path.exists(path) and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+            raise ConfigError(f"--model_name_or_path {path}: no such directory")
+        super().__post_init__()
 
     def init_kwargs(self, args) -> dict:
         """The backbone's from_pretrained keyword arguments, as TRL's scripts build them (``args``: AVAConfig, whose
@@ -72,6 +81,13 @@ class DataArguments:
                   "trained on the training split."},
     )
 
+    def __post_init__(self) -> None:
+        check_fraction(self.eval_fraction)
+        for name in ("max_rows", "synthetic_train_size", "synthetic_eval_size", "backbone_hidden_size",
+                     "backbone_layers", "tokenizer_vocab_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
 
 @dataclass
 class LoadedRun:
@@ -117,7 +133,8 @@ def load_data_and_model(data_args: DataArguments, model_args: ModelArguments, ar
             raise ConfigError("--use_peft and --load_in_4bit/8bit adapt a pretrained backbone: pass --model_name_or_path")
         backbone = build_backbone(
             data_args.backbone_arch, len(tokenizer), hidden_size=data_args.backbone_hidden_size,
-            num_layers=data_args.backbone_layers, pad_token_id=tokenizer.pad_token_id,
+            num_layers=data_args.backbone_layers, max_positions=max(256, args.max_length or 0),
+            pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, seed=args.seed,
         )
         if backbone_dir is not None:

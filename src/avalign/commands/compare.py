@@ -8,9 +8,11 @@ import json
 import sys
 from collections import Counter
 
+from .parsing import ArgumentParser
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="avalign compare", description=__doc__)
+    parser = ArgumentParser(prog="avalign compare", description=__doc__)
     parser.add_argument("--a", required=True, help="JSONL/JSON rows with prompt and completion (and sample_index).")
     parser.add_argument("--b", required=True, help="The rows to compare against, same format.")
     parser.add_argument("--judge", required=True, choices=["gold", "rm", "llm"],

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from .parsing import ArgumentParser
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avalign convert", description="Convert checkpoints to Hugging Face format.")
+    parser = ArgumentParser(prog="avalign convert", description="Convert checkpoints to Hugging Face format.")
     formats = parser.add_subparsers(dest="format", required=True)
     llama2c = formats.add_parser(
         "llama2c",

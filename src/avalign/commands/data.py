@@ -7,10 +7,11 @@ import argparse
 from avalign.data.families import FAMILIES
 from avalign.data.loading import load_dataset
 from avalign.data.stats import MARKDOWN_HEADER, compute_stats, load_tokenizer
+from .parsing import ArgumentParser
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avalign data", description="Dataset tools.")
+    parser = ArgumentParser(prog="avalign data", description="Dataset tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     stats = commands.add_parser(
         "stats",

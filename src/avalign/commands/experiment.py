@@ -8,12 +8,13 @@ import argparse
 import sys
 
 from ..errors import ConfigError
+from .parsing import ArgumentParser
 
 STUDIES = ("reward-modeling", "policy")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="avalign experiment", description=__doc__)
+    parser = ArgumentParser(prog="avalign experiment", description=__doc__)
     parser.add_argument("study", choices=STUDIES, help="Which study to run.")
     parser.add_argument("--config", required=True, help="The study's YAML file (presets in experiments/).")
     parser.add_argument("--output_dir", default=None, help="Override the config's output_dir.")

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from .parsing import ArgumentParser
+
 
 def add_policy_arguments(parser: argparse.ArgumentParser, default_n: int) -> None:
     """Flags `generate` and `bon` share: the policy, the prompts, the output and how to sample."""
@@ -80,7 +82,7 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="avalign generate", description=__doc__)
+    parser = ArgumentParser(prog="avalign generate", description=__doc__)
     add_policy_arguments(parser, default_n=1)
     parser.add_argument("--greedy", action="store_true", help="Greedy decoding instead of sampling (one per prompt).")
     return parser.parse_args(argv)

@@ -9,12 +9,11 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from trl import TrlParser
-
 from ..data.synthetic import SYNTHETIC
 from ..errors import ConfigError
 from ..rl.ppo import PPOConfig
 from ..rl.rewards import REWARDS
+from .parsing import dataclass_parser, parse_dataclasses
 
 GOLD = "gold"
 
@@ -88,8 +87,7 @@ def run(args: PPOArguments, config: PPOConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = TrlParser((PPOArguments, PPOConfig))
-    args, config = parser.parse_args_and_config(list(argv))
+    args, config = parse_dataclasses(dataclass_parser((PPOArguments, PPOConfig), prog="avalign ppo"), argv)
     print(json.dumps(run(args, config), sort_keys=True))
     return 0
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from .parsing import ArgumentParser
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avalign tokenizer", description="Offline tokenizers.")
+    parser = ArgumentParser(prog="avalign tokenizer", description="Offline tokenizers.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train",

@@ -10,15 +10,19 @@ import os
 import sys
 import tempfile
 import warnings
+from dataclasses import asdict
 
 import torch
-from trl import TrlParser, get_peft_config, get_quantization_config
+from trl import get_peft_config, get_quantization_config
 
+from ..data.synthetic import SYNTHETIC
 from ..errors import ConfigError
 from ..modeling import check_quantization, parameter_counts
 from ..trainers.ava_config import TRL_OBJECTIVES, AVAConfig
-from ..data.synthetic import SYNTHETIC
+from ..trainers.checkpoints import resumable_checkpoint
+from ..training_record import save_training_record
 from .common import DataArguments, LoadedRun, ModelArguments, load_data_and_model
+from .parsing import dataclass_parser, parse_dataclasses
 
 
 # Settings of the embedded default task; flags and --config still override them.
@@ -40,7 +44,7 @@ def run(data_args: DataArguments, args: AVAConfig, model_args: ModelArguments | 
     if args.objective in TRL_OBJECTIVES:
         with tempfile.TemporaryDirectory() as backbone_dir:
             return run_baseline(load_data_and_model(data_args, model_args, args, backbone_dir=backbone_dir), args,
-                                **model_options)
+                                data_args, **model_options)
     from ..trainers.ava_trainer import AVATrainer
 
     loaded = load_data_and_model(data_args, model_args, args)
@@ -51,7 +55,7 @@ def run(data_args: DataArguments, args: AVAConfig, model_args: ModelArguments | 
     )
     if data_args.dataset_name not in (None, SYNTHETIC):
         trainer.model_card_data["datasets"] = [data_args.dataset_name]
-    metrics = _train_and_save(trainer, args)
+    metrics = _train_and_save(trainer, args, data_args)
     if loaded.eval is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
     if loaded.eval is not None:
@@ -79,18 +83,35 @@ def _store_normalization(scorer, pairs, args: AVAConfig, metrics: dict) -> None:
             warnings.warn(f"no reward normalisation stored: {exc}", stacklevel=2)
 
 
-def _train_and_save(trainer, args: AVAConfig) -> dict:
+def _train_and_save(trainer, args: AVAConfig, data_args: DataArguments) -> dict:
     counts = parameter_counts(trainer.model)
     if args.process_index == 0:
         print(f"[avalign] trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
               f"({counts['trainable_params'] / counts['total_params']:.2%})")
-    train_output = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    resume = args.resume_from_checkpoint
+    if resume is not None:  # "true": the output directory's newest complete checkpoint (as for a run's directory)
+        resume = resumable_checkpoint(args.output_dir if resume.lower() == "true" else resume)
+    train_output = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
+    data = {split: {k: v for k, v in asdict(report).items() if k != "details"}
+            for split, report in trainer.tokenize_reports.items()}
+    if args.should_save:  # what evaluate needs to score as in training and to find the held-out split
+        dataset = data_args.dataset_name or SYNTHETIC
+        save_training_record(
+            args.output_dir, max_length=args.max_length,
+            dataset_name=os.path.abspath(dataset) if os.path.exists(dataset) else dataset,
+            dataset_family=data_args.dataset_family, eval_fraction=data_args.eval_fraction,
+            dataset_seed=data_args.dataset_seed, max_rows=data_args.max_rows, data=data,
+        )
+        if args.objective in TRL_OBJECTIVES:  # AVATrainer's card has them already
+            with open(os.path.join(args.output_dir, "README.md"), "a") as card:
+                card.write("\n## Data (avalign)\n\n" + "".join(
+                    f"- {split} data: {report.summary()}\n" for split, report in trainer.tokenize_reports.items()))
     return {"train_loss": train_output.training_loss, "train_runtime_s": train_output.metrics["train_runtime"],
-            **counts}
+            "data": data, **counts}
 
 
-def run_baseline(loaded: LoadedRun, args: AVAConfig, **model_options) -> dict:
+def run_baseline(loaded: LoadedRun, args: AVAConfig, data_args: DataArguments, **model_options) -> dict:
     """A TRL baseline on the same data, tokenizer and initial backbone; a BT model is evaluated like AVA.
     ``model_options``: peft_config and quantization_config, passed to TRL's trainer."""
     from ..reward_model import BTRewardModel
@@ -98,7 +119,7 @@ def run_baseline(loaded: LoadedRun, args: AVAConfig, **model_options) -> dict:
 
     train_eval = loaded.eval if args.objective != "sft" else None  # SFT's eval rows would need completions
     trainer = trl_trainer(loaded.backbone_path, loaded.tokenizer, loaded.train, train_eval, args, **model_options)
-    metrics = _train_and_save(trainer, args)
+    metrics = _train_and_save(trainer, args, data_args)
     if args.objective == "bt" and loaded.eval is not None:
         scorer = BTRewardModel(trainer.model, loaded.tokenizer, max_length=args.max_length,
                                batch_size=args.per_device_eval_batch_size)
@@ -111,11 +132,11 @@ def run_baseline(loaded: LoadedRun, args: AVAConfig, **model_options) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = TrlParser((DataArguments, AVAConfig, ModelArguments))
-    data_args, args, model_args = parser.parse_args_and_config(list(argv))  # it consumes --config from the list
+    parser = dataclass_parser((DataArguments, AVAConfig, ModelArguments), prog="avalign train")
+    data_args, args, model_args = parse_dataclasses(parser, argv)
     if data_args.dataset_name is None:
         parser.set_defaults(**SYNTHETIC_DEFAULTS)
-        data_args, args, model_args = parser.parse_args_and_config(list(argv))
+        data_args, args, model_args = parse_dataclasses(parser, argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.use_cpu and not torch.cuda.is_available():
         # transformers would otherwise let every process train alone, silently.
         raise ConfigError("launched with several processes but no GPU: pass --use_cpu true to train data-parallel "

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from avalign.data.formats import PREFERENCE, RESPONSE_FIELDS, Record, text_of
+import datasets
+
+from avalign.data.formats import PREFERENCE, RESPONSE_FIELDS, Record, detect_format, text_of, validate_row
+from avalign.errors import DataError
 
 EMPTY_RESPONSE = "empty response"
 SAME_RESPONSES = "chosen == rejected"
@@ -60,3 +63,27 @@ def clean_rows(rows: list[Record], kind: str, report: CleaningReport, *, enabled
             seen.add(key)
         kept.append(record)
     return kept
+
+
+def require_dataset(dataset, source: str) -> None:
+    if not isinstance(dataset, datasets.Dataset):
+        raise DataError(f"expected a datasets.Dataset (e.g. Dataset.from_list(rows)), got {type(dataset).__name__}",
+                        path=source)
+
+
+def clean_dataset(dataset: datasets.Dataset, source: str) -> tuple[datasets.Dataset, CleaningReport]:
+    """The loader's cleaning (``clean_rows``) for rows given from Python: every row type-checked (a DataError naming
+    the row and field), then empty responses, chosen == rejected and duplicates dropped and counted."""
+    require_dataset(dataset, source)
+    records = [Record(source, row, data) for row, data in enumerate(dataset, 1)]
+    report = CleaningReport(rows_in=len(records), rows_out=len(records))
+    if not records:
+        return dataset, report
+    kind = detect_format(records[0]).kind
+    for record in records:
+        validate_row(record, detect_format(record))
+    kept = clean_rows(records, kind, report)
+    report.rows_out = len(kept)
+    if len(kept) == len(records):
+        return dataset, report
+    return datasets.Dataset.from_list([dict(record.data) for record in kept]), report

@@ -77,6 +77,11 @@ class TokenizeReport:
             f"response truncated in {self.response_truncated}, dropped as too long {self.dropped_too_long}"
         )
 
+    def require_rows(self, source: str) -> None:
+        """A DataError when nothing is left (instead of a sampler's num_samples=0 error mid-run)."""
+        if self.rows_out == 0:
+            raise DataError(f"no rows left after tokenisation ({self.summary()})", path=source)
+
 
 def _check_text_or_messages(value, source: str, row: int, field: str) -> None:
     """A field is a string (standard) or a non-empty list of {"role", "content"} messages (conversational)."""
@@ -167,8 +172,7 @@ def tokenize_dataset(
     report = TokenizeReport(rows_in=len(dataset), rows_out=int(keep.sum()), dropped_too_long=int((~keep).sum()),
                             prompt_truncated=int((prompt_cut & keep).sum()),
                             response_truncated=int((response_cut & keep).sum()))
-    if not keep.any():
-        raise DataError(f"no rows left after tokenisation ({report.summary()})", path=source)
+    report.require_rows(source)
     if not keep.all():
         tokenized = tokenized.select(np.flatnonzero(keep))
     return tokenized.remove_columns(["_prompt_cut", "_response_cut"]), report

@@ -18,7 +18,9 @@ import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -137,6 +139,8 @@ harmless; ignore their order and length.
 
 Reply with exactly one word: A, B, or tie."""
 
+# An Authorization header or bearer token a server echoes back in an error body: the credential after it is hidden.
+_AUTHORIZATION = re.compile(r"(?i)((?:authorization|bearer|api[-_]?key|x-api-key)[\"']?\s*[:=]?\s*[\"']?(?:bearer\s+)?)[^\s\"',}]+")
 _LABELS = {"a": 1, "b": -1, "tie": 0}  # first shown wins / second shown wins / tie
 # A label that opens the reply: "Response A ...", or a bare label ending the reply, a clause ("B, because") or
 # followed by is/was ("A is better"). A leading "A" in other sentences is the article ("A clear winner is B").
@@ -165,8 +169,31 @@ class LLMJudge:
                  retries: int = 2, retry_wait: float = 2.0, workers: int = 4, max_tokens: int = 16):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key = model, os.environ.get(api_key_env)
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"judge URL {self.shown_url}: expected http(s)://host[:port]/v1")
+        if not self.api_key:
+            warnings.warn(f"{api_key_env} is not set: the judge's requests carry no API key", stacklevel=2)
+        elif parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+            warnings.warn(f"the API key in {api_key_env} goes unencrypted over http:// to {parts.hostname}; use https://",
+                          stacklevel=2)
         self.timeout, self.retries, self.retry_wait, self.workers = timeout, retries, retry_wait, workers
         self.max_tokens = max_tokens
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages print it: without a password."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+    def _redact(self, text: str) -> str:
+        """``text`` (a server's reply) without the API key, the URL's password or an echoed Authorization header."""
+        for secret in (self.api_key, urllib.parse.urlsplit(self.url).password):
+            if secret:
+                text = text.replace(secret, "***")
+        return _AUTHORIZATION.sub(r"\1***", text)
 
     def _post(self, payload: dict, where: str) -> bytes:
         """The response body; retries timeouts, connection errors, HTTP 429 and 5xx with exponential back-off."""
@@ -179,14 +206,14 @@ class LLMJudge:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     return response.read()
             except urllib.error.HTTPError as exc:
-                problem = f"HTTP {exc.code} {exc.reason}: {exc.read()[:300].decode(errors='replace')}"
+                problem = f"HTTP {exc.code} {exc.reason}: {self._redact(exc.read()[:300].decode(errors='replace'))}"
                 if exc.code != 429 and exc.code < 500:
                     break
             except OSError as exc:  # URLError, timeouts, refused connections
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = f"{type(exc).__name__}: {self._redact(str(exc))}"
             if attempt < self.retries:
                 time.sleep(self.retry_wait * 2**attempt)
-        raise JudgeError(f"LLM judge {self.url}, {where}: {problem} (after {attempt + 1} attempt(s))")
+        raise JudgeError(f"LLM judge {self.shown_url}, {where}: {problem} (after {attempt + 1} attempt(s))")
 
     def verdict(self, prompt: str, first: str, second: str, where: str) -> int:
         """+1 when the judge prefers ``first`` (shown as A), -1 for ``second``, 0 for a tie."""
@@ -200,10 +227,10 @@ class LLMJudge:
         try:
             reply = json.loads(body)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise JudgeError(f"LLM judge {self.url}, {where}: not a chat-completion reply: {body[:200]!r}") from None
+            raise JudgeError(f"LLM judge {self.shown_url}, {where}: not a chat-completion reply: {self._redact(repr(body[:200]))}") from None
         verdict = parse_verdict(reply) if isinstance(reply, str) else None
         if verdict is None:
-            raise JudgeError(f"LLM judge {self.url}, {where}: cannot read a verdict (A, B or tie) in {reply!r:.200}")
+            raise JudgeError(f"LLM judge {self.shown_url}, {where}: cannot read a verdict (A, B or tie) in {reply!r:.200}")
         return verdict
 
     def _judge_pair(self, item: tuple[str, str, str, str]) -> int:

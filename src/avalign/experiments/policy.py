@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from . import pyplot
 from .reward_modeling import (
     BackboneSpec,
     DatasetSpec,
@@ -762,10 +763,9 @@ def _smoothed(curve: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _plots(summary: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(out)
+    if plt is None:
+        return
 
     datasets = [d for d, e in summary.items() if any(any(v for v in t.values()) for t in e["tables"].values())]
     if datasets:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.pairwise import paired_difference
+from . import pyplot
 from .reward_modeling import LABELS, NATIVE_SCORING, OBJECTIVES, StudyConfig
 
 
@@ -173,10 +174,9 @@ def write_report(config: StudyConfig, results: dict, out: Path, command: str | N
 
 
 def _plots(summary: dict, results: dict, out: Path, rows: list[str], backbones: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(out)
+    if plt is None:
+        return
 
     columns = list(summary)
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 0.35 * len(rows) + 1.5), squeeze=False)

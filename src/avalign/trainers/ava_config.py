@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -19,8 +20,36 @@ OBJECTIVES = AVA_OBJECTIVES + TRL_OBJECTIVES
 SCORINGS = ("last", "sum")
 
 
+def _at_least(low):
+    return lambda value: value is not None and math.isfinite(value) and value >= low
+
+
+# (option, what is allowed, check): the ranges in which each option means what docs/method.md says; outside them a
+# run trains "fine" on a meaningless loss (beta -1, lam -5, cer_coef -3, gamma 7 gave loss -6473).
+OPTION_RANGES = (
+    ("beta", ">= 0", _at_least(0)),
+    ("lam", ">= 0", _at_least(0)),
+    ("cer_coef", ">= 0", _at_least(0)),
+    ("gamma", "in [0, 1]", lambda value: _at_least(0)(value) and value <= 1),
+    ("dpo_beta", "> 0", lambda value: _at_least(0)(value) and value > 0),
+    ("max_length", "None or >= 4 (room for a prompt and a response)", lambda v: v is None or _at_least(4)(v)),
+    ("learning_rate", ">= 0", _at_least(0)),
+    ("per_device_train_batch_size", ">= 1", _at_least(1)),
+    ("per_device_eval_batch_size", ">= 1", _at_least(1)),
+    ("gradient_accumulation_steps", ">= 1", _at_least(1)),
+)
+
+
+class WithoutHubToken:
+    """Training arguments that pickle without ``hub_token``: the Trainer writes them (training_args.bin) into every
+    output and checkpoint directory, which get copied, shared and pushed."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "hub_token": None}
+
+
 @dataclass
-class AVAConfig(TrainingArguments):
+class AVAConfig(WithoutHubToken, TrainingArguments):
     """Configuration of [`AVATrainer`]. Defaults of alpha, beta, gamma and lambda are this project's choices
     (the paper publishes none); docs/method.md gives the sweep that chose them."""
 
@@ -160,6 +189,9 @@ class AVAConfig(TrainingArguments):
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} '{getattr(self, name)}'; expected one of {list(allowed)}")
+        for name, allowed, check in OPTION_RANGES:
+            if not check(getattr(self, name)):
+                raise ConfigError(f"{name} must be {allowed}, got {getattr(self, name)}")
         if self.objective == "preftrans":
             if not self.use_reward_weights:
                 raise ConfigError("objective preftrans needs use_reward_weights=True (its weighted return is the model)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import warnings
@@ -14,9 +15,11 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedTokenizerBase, Trainer, set_seed
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from trl.data_utils import maybe_extract_prompt
 
+from ..backbones import check_fits
+from ..data.cleaning import clean_dataset, require_dataset
 from ..data.collator import TQRCollator
 from ..data.tokenize import TokenizeReport, ensure_pad_token, load_chat_template, response_columns, tokenize_dataset
 from ..errors import ConfigError, DataError, TrainingDivergedError
@@ -30,8 +33,11 @@ from ..losses import (
     sequence_terms,
 )
 from ..modeling import TQR_CONFIG_NAME, TQR_HEADS_NAME, TQRModel, TQROutput, supports_padding_free
+from ..training_record import save_training_record
 from .. import __version__
 from .ava_config import AVA_OBJECTIVES, AVAConfig
+from .callbacks import DivergenceGuard
+from .checkpoints import resumable_checkpoint
 
 AVA_BIBTEX = """@inproceedings{cai2025ava,
   title     = {Approximated Variational Bayesian Inverse Reinforcement Learning for Large Language Model Alignment},
@@ -43,6 +49,7 @@ AVA_BIBTEX = """@inproceedings{cai2025ava,
 }"""
 STANDALONE_LOADER = "ava_reward_model.py"  # avalign/hub_loader.py, copied beside every saved model
 
+_LOSS_TOTAL = "avalign_loss_total"  # key of the running loss sum in a checkpoint's trainer_state.json
 _CARD_OPTIONS = (
     "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "cer_target", "td_reference", "reduction", "use_reward_weights",
     "use_negative", "use_irl", "use_cer", "pretrained_q", "rescale_reward_weights", "weights_apply_to",
@@ -134,6 +141,7 @@ class AVATrainer(Trainer):
         ensure_pad_token(processing_class)
         if args.chat_template_path is not None:
             processing_class.chat_template = load_chat_template(args.chat_template_path)
+        check_fits(model.backbone, processing_class, args.max_length)
         if args.padding_free:
             _check_padding_free(model)
         backbone_config = model.backbone.config
@@ -155,6 +163,7 @@ class AVATrainer(Trainer):
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             compute_metrics=kwargs.pop("compute_metrics", self._pairwise_metrics if eval_is_preference else None),
+            callbacks=[*(kwargs.pop("callbacks", None) or []), DivergenceGuard()],
             **kwargs,
         )
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -164,10 +173,36 @@ class AVATrainer(Trainer):
         # Model-card metadata (datasets, tags, license, language, base_model); create_model_card's arguments add to it.
         self.model_card_data: dict[str, Any] = {}
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Trainer.train; ``resume_from_checkpoint`` True or a run's directory resumes from its newest complete
+        checkpoint (incomplete ones, from an interrupted save, are skipped with a message)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = self.args.output_dir
+        if isinstance(resume_from_checkpoint, str):
+            resume_from_checkpoint = resumable_checkpoint(resume_from_checkpoint)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if resume_from_checkpoint is None:
+            return output
+        # Trainer's train_loss after a resume averages only the steps run since; add the ones before it.
+        with open(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)) as handle:
+            saved = json.load(handle)
+        before = saved.get("stateful_callbacks", {}).get(_LOSS_TOTAL, {}).get("loss_total")
+        if before is None or not self.state.global_step:
+            return output
+        since = self.state.global_step - saved["global_step"]
+        loss = (before + output.training_loss * since) / self.state.global_step
+        return output._replace(training_loss=loss, metrics={**output.metrics, "train_loss": loss})
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # The sum of every training loss so far goes into the checkpoint (trainer_state.json), for train().
+        self.state.stateful_callbacks[_LOSS_TOTAL] = {"loss_total": self._total_loss_scalar + self._tr_loss.item()}
+        super()._save_checkpoint(model, trial)
+
     # -- data -----------------------------------------------------------------------------------------------
     def _tokenize(self, dataset, split, tokenizer, is_encoder_decoder, args) -> Dataset | None:
         if dataset is None:
             return None
+        require_dataset(dataset, f"{split}_dataset")
         if "prompt_ids" in dataset.column_names:  # already tokenised by the caller
             return dataset
         if "prompt" not in dataset.column_names and {"chosen", "rejected"} <= set(dataset.column_names):
@@ -182,6 +217,9 @@ class AVATrainer(Trainer):
             )
         if split == "train" and args.objective == "ava-d" and columns == ("chosen", "rejected"):
             dataset = _as_demonstrations(dataset)
+        dataset, cleaning = clean_dataset(dataset, f"{split}_dataset")  # as the CLI's loader cleans
+        if cleaning.dropped and args.process_index == 0:
+            print(f"[avalign] {split}: cleaned: {cleaning.summary()}")
         tokenized, report = tokenize_dataset(
             dataset, tokenizer, max_length=args.max_length, is_encoder_decoder=is_encoder_decoder,
             too_long=args.too_long, source=f"{split}_dataset", num_proc=args.dataset_num_proc,
@@ -297,6 +335,7 @@ class AVATrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        save_training_record(output_dir, max_length=self.args.max_length)
         if self.args.should_save:
             self._write_card(output_dir)
 
