@@ -27,7 +27,7 @@ from avalign.reward_model import BTRewardModel
 from avalign.trainers.baselines import bradley_terry_trainer, bt_config
 
 # The first defaults, pinned: AVAConfig now defaults to a log-sigmoid CER with weight 5 (docs/method.md).
-BASE = dict(alpha=1.0, beta=1.0, gamma=1.0, lam=1.0, cer_form="sigmoid", cer_coef=1.0, log_std_min=-5.0, log_std_max=2.0)
+BASE = dict(alpha=1.0, beta=1.0, gamma=1.0, lam=1.0, cer_form="sigmoid", cer_coef=1.0, cer_target="last", log_std_min=-5.0, log_std_max=2.0)
 VARIATIONS = [
     {},
     {"cer_form": "logsigmoid"},

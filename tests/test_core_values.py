@@ -75,12 +75,13 @@ def test_reward_weights_and_means_follow_the_definition(tokenizer, rescale):
                 assert out.reward_mean[b, t].item() == pytest.approx(mu, rel=1e-4, abs=1e-5)
 
 
-def reference_ava_p_loss(out, beta, lam, gamma, cer_coef, reduction, weights_apply_to):
+def reference_ava_p_loss(out, beta, lam, gamma, cer_coef, reduction, weights_apply_to, cer_target):
     """-(Eq. 17 + cer_coef * log CER of Eq. 18), averaged over pairs, from the model outputs in float64. Per
     sequence over its response positions t (in order): Q term sum_t Q_t; KL term sum_t KL(N(mu_t, s_t^2) || N(0,1));
     TD term sum over consecutive valid t of log N(Q_t - gamma Q_{t+1}; w_t mu_t, s_t^2), with the std w_t s_t under
     mean_std; each divided by its number of positions under the mean reduction. CER reads the weighted reward mean
-    of the last response position. Rows: chosen first, then rejected."""
+    of the last response position (cer_target last) or the sum of w_t mu_t over the response (sum). Rows: chosen
+    first, then rejected."""
     rows = {name: getattr(out, name).double().tolist() for name in ("q_values", "reward_mean", "reward_log_std",
                                                                       "reward_weights", "mask")}
     reduce = (lambda values: sum(values) / len(values)) if reduction == "mean" else sum
@@ -96,7 +97,8 @@ def reference_ava_p_loss(out, beta, lam, gamma, cer_coef, reduction, weights_app
                 delta = q[t] - gamma * q[t + 1]
                 td.append(-0.5 * ((delta - w[t] * mu[t]) / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi))
         last = valid[-1]
-        return reduce([q[t] for t in valid]), reduce(kl), reduce(td), w[last] * mu[last]
+        expected_reward = w[last] * mu[last] if cer_target == "last" else sum(w[t] * mu[t] for t in valid)
+        return reduce([q[t] for t in valid]), reduce(kl), reduce(td), expected_reward
 
     half = len(rows["mask"]) // 2
     objectives = []
@@ -108,9 +110,10 @@ def reference_ava_p_loss(out, beta, lam, gamma, cer_coef, reduction, weights_app
     return -sum(objectives) / half
 
 
-@pytest.mark.parametrize("reduction, weights_apply_to", [("mean", "mean"), ("sum", "mean_std"), ("mean", "mean_std")])
-def test_trainer_loss_is_the_ava_p_objective(tmp_path, synthetic, tokenizer, reduction, weights_apply_to):
-    options = dict(beta=0.7, lam=1.3, gamma=0.9, cer_coef=2.0)
+@pytest.mark.parametrize("reduction, weights_apply_to, cer_target",
+                         [("mean", "mean", "last"), ("sum", "mean_std", "sum"), ("mean", "mean_std", "sum")])
+def test_trainer_loss_is_the_ava_p_objective(tmp_path, synthetic, tokenizer, reduction, weights_apply_to, cer_target):
+    options = dict(beta=0.7, lam=1.3, gamma=0.9, cer_coef=2.0, cer_target=cer_target)
     args = AVAConfig(output_dir=str(tmp_path), max_length=48, per_device_train_batch_size=4, report_to="none",
                      use_cpu=True, reduction=reduction, weights_apply_to=weights_apply_to, cer_form="logsigmoid",
                      **options)

@@ -67,7 +67,11 @@ class AVAConfig(WithoutHubToken, TrainingArguments):
     alpha: float = field(default=1.0, metadata={"help": "alpha of the pretrained-Q transform (Eq. 12)."})
     beta: float = field(default=1.0, metadata={"help": "beta, weight of the Q (policy) term (Eqs. 13, 17)."})
     gamma: float = field(default=1.0, metadata={"help": "gamma, discount in the TD error (Eq. 14)."})
-    lam: float = field(default=1.0, metadata={"help": "lambda, weight of the TD log-likelihood term (Eqs. 13, 17)."})
+    lam: float = field(
+        default=0.1,
+        metadata={"help": "lambda, weight of the TD log-likelihood term (Eqs. 13, 17). Default 0.1: with the CER on "
+                  "the weighted return it gave the best dense rewards on development data (docs/method.md)."},
+    )
     cer_coef: float = field(
         default=5.0,
         metadata={"help": "Weight of the CER auxiliary term (Eq. 18), AVA-p only. Default 5 with the log form: "
@@ -80,7 +84,7 @@ class AVAConfig(WithoutHubToken, TrainingArguments):
                   "choices": list(CER_FORMS)},
     )
     cer_target: str = field(
-        default="last",
+        default="sum",
         metadata={"help": "Which expected reward CER ranks: the last response token's weighted reward mean (last) or "
                   "the weighted return over the response, sum_t w_t mu_t (sum, the Eq. 19 reading of E[R | y]). "
                   "With sum every position's reward mean is trained by the preference, not only the last one's.",
