@@ -23,9 +23,8 @@ def _imports(tree):
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        elif isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            for branch in node.orelse:
-                yield from _imports(ast.Module(body=[branch], type_ignores=[]))
+        elif isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            yield from _imports(ast.Module(body=node.orelse, type_ignores=[]))
         else:
             yield from _imports(node)
 
@@ -41,8 +40,8 @@ def import_graph(root: Path = SRC / "avalign") -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 edges.update(alias.name for alias in node.names)
                 continue
-            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
-            target = ".".join([*base, node.module] if node.module else base)
+            base = package.rsplit(".", node.level - 1)[0] if node.level else None  # `from ..x`: up one package
+            target = ".".join(filter(None, [base, node.module]))
             edges.add(target)
             # `from package import module` imports that module.
             edges.update(f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in files)
