@@ -10,7 +10,7 @@ import yaml
 
 from avalign.cli import main
 from avalign.errors import ConfigError
-from avalign.experiments.policy import BON, PPO, TRAINED, PolicyStudyConfig
+from avalign.studies.policy import BON, PPO, TRAINED, PolicyStudyConfig
 
 from conftest import reference_gold_return
 

@@ -370,7 +370,7 @@ def test_bare_avalign_prints_help_and_importing_it_loads_no_torch(capsys):
 def test_studies_skip_plots_without_matplotlib(tmp_path, monkeypatch, capsys):
     import builtins
 
-    from avalign.experiments import pyplot
+    from avalign.studies import pyplot
 
     real_import = builtins.__import__
     monkeypatch.setattr(builtins, "__import__", lambda name, *args, **kwargs: (

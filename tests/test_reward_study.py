@@ -171,7 +171,7 @@ def test_experiment_runs_resumes_and_reports(tmp_path, capsys):
 
 def test_afd_objective_added_later_keeps_the_prepared_unit(tmp_path):
     """A unit prepared without AfD pairs gets only them added: its pretrained backbone is not trained again."""
-    from avalign.experiments.reward_modeling import StudyConfig, run_study, unit_path
+    from avalign.studies.reward_modeling import StudyConfig, run_study, unit_path
 
     path = study_config(tmp_path, [{"name": "synthetic", "synthetic_train_size": 24, "synthetic_eval_size": 12}])
     raw = yaml.safe_load(path.read_text())
@@ -195,7 +195,7 @@ def test_afd_objective_added_later_keeps_the_prepared_unit(tmp_path):
 
 @pytest.mark.skipif(not (SHARED_DATA / "summarize-from-feedback").exists(), reason="../shared/data is absent")
 def test_experiment_k_fold_scores_every_pair_once(tmp_path):
-    from avalign.experiments.reward_modeling import StudyConfig, run_study
+    from avalign.studies.reward_modeling import StudyConfig, run_study
 
     path = study_config(tmp_path, [{"name": "tldr", "path": str(SHARED_DATA / "summarize-from-feedback/batch13.jsonl"),
                                     "folds": 2, "max_rows": 40, "objectives": ["bt"]}])
@@ -207,7 +207,7 @@ def test_experiment_k_fold_scores_every_pair_once(tmp_path):
 
 def test_variants_extend_an_objective_and_bad_ones_are_named(tmp_path):
     from avalign.errors import ConfigError
-    from avalign.experiments.reward_modeling import StudyConfig
+    from avalign.studies.reward_modeling import StudyConfig
 
     path = study_config(tmp_path, [{"name": "synthetic"}])
     raw = yaml.safe_load(path.read_text())
@@ -225,7 +225,7 @@ def test_variants_extend_an_objective_and_bad_ones_are_named(tmp_path):
 def test_dense_reward_stage_scores_every_method_against_gold(tmp_path):
     """Each method's per-token readings are compared with the gold rewards of the same evaluation tokens; the
     report carries the dense table and its plots."""
-    from avalign.experiments.reward_modeling import StudyConfig, run_study
+    from avalign.studies.reward_modeling import StudyConfig, run_study
 
     path = study_config(tmp_path, [{"name": "synthetic", "synthetic_train_size": 24, "synthetic_eval_size": 12}])
     raw = yaml.safe_load(path.read_text())

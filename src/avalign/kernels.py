@@ -12,7 +12,7 @@ passes over a float32 copy of the logits:
 * backward, one program per (row, vocabulary block): recomputes p_j and s_j = exp(alpha * (p_j - 1 / Z)) / S
   from those four numbers and overwrites the recomputed logits in place with
   grad_q * alpha * p_j * (onehot(a)_j - s_j - c) (avalign.ops._grad_logits derives it), in the logits'
-  dtype; avalign.ops.chunked_backward turns that into the hidden, weight and bias gradients.
+  dtype; avalign.chunking.chunked_backward turns that into the hidden, weight and bias gradients.
 
 Triton fixes at decoration time, i.e. when this module is first imported, whether the kernels are compiled
 for a GPU or run by its interpreter (TRITON_INTERPRET=1), which runs them on CPU tensors for tests.
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .ops import chunked_backward, row_chunks
+from .chunking import chunked_backward, row_chunks
 
 try:
     import triton

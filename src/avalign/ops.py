@@ -37,6 +37,8 @@ from torch.autograd.function import once_differentiable
 
 from avalign.errors import ConfigError
 
+from .chunking import chunked_backward, compute_dtype, row_chunks
+
 # With chunk_size=None a chunk holds at most this many logits: 2**26 float32 values are 256 MiB per
 # [chunk, V] buffer (the forward needs one, the backward two), whatever the vocabulary size. That is
 # 2048 rows at V = 32k and 256 rows at V = 256k, still wide enough for the LM-head matmul to run at
@@ -46,8 +48,6 @@ AUTO_CHUNK_ELEMENTS = 2**26
 # Values of pretrained_q_values(kernel=...); see the module docstring.
 Q_KERNELS = ("auto", "torch", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# torch.addmm(..., out_dtype=torch.float32) from bf16/fp16 inputs exists on CUDA from torch 2.8.
-_MM_OUT_DTYPE = torch.torch_version.TorchVersion(torch.__version__) >= "2.8"
 
 
 def pretrained_q_values(
@@ -175,61 +175,15 @@ class _PretrainedQ(torch.autograd.Function):
         hidden, weight, bias, actions = ctx.saved_tensors
 
         def grad_logits_of(rows, logits):
-            return _grad_logits(logits.to(_compute_dtype(logits.dtype)), actions[rows], ctx.alpha, grad_q[rows])
+            return _grad_logits(logits.to(compute_dtype(logits.dtype)), actions[rows], ctx.alpha, grad_q[rows])
 
         grads = chunked_backward(hidden, weight, bias, ctx.needs_input_grad[:3], ctx.chunk_size, grad_logits_of)
         return (*grads, None, None, None)
 
 
-def chunked_backward(hidden, weight, bias, needs_input_grad, chunk_size, grad_logits_of):
-    """Gradients of hidden, weight and bias (None where not needed) from each chunk's logits gradient.
-
-    ``grad_logits_of(rows, logits)`` turns the recomputed LM-head logits of the rows ``rows`` (in the
-    inputs' dtype) into grad_q * dQ/dz, in that dtype or a wider one; it may reuse the logits' buffer.
-    The weight and bias gradients are accumulated over chunks in float32 (float64 for float64 inputs).
-    """
-    need_hidden, need_weight, need_bias = needs_input_grad
-    acc_dtype = _compute_dtype(hidden.dtype)
-    grad_hidden = torch.empty_like(hidden) if need_hidden else None
-    grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
-    grad_bias = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if need_bias else None
-
-    # backward may run inside a user's autocast region; the dtypes below are chosen explicitly.
-    with torch.autocast(hidden.device.type, enabled=False):
-        for rows in row_chunks(hidden.shape[0], chunk_size):
-            h = hidden[rows]
-            grad_logits = grad_logits_of(rows, F.linear(h, weight, bias))
-            if need_hidden:
-                grad_hidden[rows] = grad_logits.to(weight.dtype) @ weight
-            if need_weight:
-                _addmm_fp32_(grad_weight, grad_logits.T, h)
-            if need_bias:
-                grad_bias += grad_logits.sum(0, dtype=acc_dtype)
-            del grad_logits  # free this chunk's [chunk, V] buffer before the next one is made
-
-    if grad_weight is not None:
-        grad_weight = grad_weight.to(weight.dtype)
-    if grad_bias is not None:
-        grad_bias = grad_bias.to(bias.dtype)
-    return grad_hidden, grad_weight, grad_bias
-
-
-def _addmm_fp32_(acc, a, b):
-    """acc += a @ b, with acc in float32 (float64 for float64 inputs) and b in the inputs' dtype.
-
-    On CUDA with half-precision b, one half-precision GEMM (a rounded to b's dtype, as the hidden
-    gradient already is) that accumulates and writes in float32: a float32 GEMM there is ~15x slower.
-    Elsewhere one GEMM in acc's dtype.
-    """
-    if _MM_OUT_DTYPE and acc.device.type == "cuda" and b.dtype in (torch.float16, torch.bfloat16):
-        torch.addmm(acc, a.to(b.dtype), b, out_dtype=torch.float32, out=acc)
-    else:
-        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
-
-
 def _q_values(hidden, weight, bias, actions, alpha, chunk_size):
     """Forward pass over row chunks; one chunk's [chunk, V] buffer at a time."""
-    q = torch.empty(hidden.shape[0], dtype=_compute_dtype(hidden.dtype), device=hidden.device)
+    q = torch.empty(hidden.shape[0], dtype=compute_dtype(hidden.dtype), device=hidden.device)
     for rows in row_chunks(hidden.shape[0], chunk_size):
         scaled = _softmax_(_logits(hidden[rows], weight, bias)).mul_(alpha)  # u = alpha * pi
         taken = scaled.gather(1, actions[rows, None]).squeeze(1)
@@ -261,19 +215,10 @@ def _grad_logits(logits, actions, alpha, grad_q):
 def _logits(hidden, weight, bias):
     """LM-head logits in the inputs' dtype (as the model computes them), then at least float32."""
     logits = F.linear(hidden, weight, bias)
-    return logits.to(_compute_dtype(logits.dtype))
+    return logits.to(compute_dtype(logits.dtype))
 
 
 def _softmax_(x):
     """Row softmax in place, so a chunk needs no second [chunk, V] buffer for it."""
     x.sub_(x.amax(1, keepdim=True)).exp_()
     return x.div_(x.sum(1, keepdim=True))
-
-
-def _compute_dtype(dtype):
-    """float32 for half-precision and float32 inputs; float64 stays float64 (used by gradcheck)."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-def row_chunks(n, chunk_size):
-    return [slice(start, start + chunk_size) for start in range(0, n, chunk_size)]

@@ -27,11 +27,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def _study(name: str):
     """(config class, run_study, write_report) of a study."""
     if name == "policy":
-        from ..experiments.policy import PolicyStudyConfig, run_study, write_report
+        from ..studies.policy import PolicyStudyConfig, run_study, write_report
 
         return PolicyStudyConfig, run_study, write_report
-    from ..experiments.report import write_report
-    from ..experiments.reward_modeling import StudyConfig, run_study
+    from ..studies.report import write_report
+    from ..studies.reward_modeling import StudyConfig, run_study
 
     return StudyConfig, run_study, write_report
 

@@ -9,12 +9,16 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..evaluation.pairwise import paired_difference
 from . import pyplot
-from .reward_modeling import LABELS, NATIVE_SCORING, OBJECTIVES, StudyConfig
+from .objectives import LABELS, NATIVE_SCORING, OBJECTIVES
+
+if TYPE_CHECKING:  # annotations only: reward_modeling imports this module
+    from .reward_modeling import StudyConfig
 
 
 def native_scoring(config: StudyConfig, objective: str) -> str:

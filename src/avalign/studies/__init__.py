@@ -1,4 +1,5 @@
-"""Studies that compare objectives side by side: `avalign experiment <name> --config file.yaml`."""
+"""Studies that compare objectives side by side: `avalign experiment <name> --config file.yaml` (presets in the
+repository's top-level experiments/ folder)."""
 
 
 def pyplot(out):
