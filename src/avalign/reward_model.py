@@ -366,16 +366,16 @@ def save_normalization(directory: str, scoring: str, mean: float, std: float, re
     return str(path)
 
 
-def normalize_on_pairs(scorer: "AVARewardModel | BTRewardModel", pairs: Dataset, directory: str) -> str:
-    """Measure the normalisation on both sides of reference pairs (the evaluation pairs at the end of `avalign
-    train`) under the model's first scoring, and store it in ``directory``."""
+def normalize_on_pairs(scorer: "AVARewardModel | BTRewardModel", pairs: Dataset) -> dict:
+    """The normalisation measured on both sides of reference pairs (the evaluation pairs at the end of `avalign
+    train`) under the model's first scoring: ``{"scoring", "mean", "std", "responses"}`` for ``save_normalization``."""
     import statistics
 
     scoring = scorer.scorings[0]
     chosen, rejected = scorer.pair_scores(pairs)
     scores = chosen[scoring] + rejected[scoring]
     std = statistics.stdev(scores) if len(scores) > 1 else float("nan")
-    return save_normalization(directory, scoring, statistics.fmean(scores), std, len(scores))
+    return {"scoring": scoring, "mean": statistics.fmean(scores), "std": std, "responses": len(scores)}
 
 
 def load_normalization(directory: str) -> dict | None:

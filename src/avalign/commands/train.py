@@ -73,12 +73,16 @@ def run(data_args: DataArguments, args: AVAConfig, model_args: ModelArguments | 
 
 def _store_normalization(scorer, pairs, args: AVAConfig, metrics: dict) -> None:
     """The reward normalisation `avalign serve --normalize_reward` applies, measured on the evaluation pairs; a
-    model whose scores are all equal (e.g. untrained heads) gets none, with a warning, and the run still succeeds."""
-    if args.should_save and "rejected" in pairs.column_names:
-        from ..reward_model import normalize_on_pairs
+    model whose scores are all equal (e.g. untrained heads) gets none, with a warning, and the run still succeeds.
+    Every process scores (a sharded model, as under ZeRO-3, needs all ranks in each forward); the main one writes."""
+    if "rejected" not in pairs.column_names:
+        return
+    from ..reward_model import normalize_on_pairs, save_normalization
 
+    measured = normalize_on_pairs(scorer, pairs)
+    if args.should_save:
         try:
-            metrics["reward_normalization"] = normalize_on_pairs(scorer, pairs, args.output_dir)
+            metrics["reward_normalization"] = save_normalization(args.output_dir, **measured)
         except ConfigError as exc:
             warnings.warn(f"no reward normalisation stored: {exc}", stacklevel=2)
 
