@@ -113,12 +113,15 @@ def test_padding_free_training_matches_padded(objective, tokenizer, synthetic, t
                                  processing_class=tokenizer)
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        runs.append((losses, [p.detach().clone() for p in model.parameters()], trainer.evaluate()))
+        # The reward weights' key bias adds one constant to each query row's scores, which the softmax removes: its
+        # true gradient is 0, and Adam turns the rounding noise left in it into steps of any sign. Not compared.
+        runs.append((losses, {n: p.detach().clone() for n, p in model.named_parameters()
+                              if n != "reward_weights.key.bias"}, trainer.evaluate()))
     (losses_a, params_a, eval_a), (losses_b, params_b, eval_b) = runs
     assert len(losses_a) == 3
     assert losses_b == pytest.approx(losses_a, rel=1e-4)
-    for a, b in zip(params_a, params_b):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    for name in params_a:
+        torch.testing.assert_close(params_a[name], params_b[name], rtol=1e-3, atol=1e-5, msg=name)
     assert eval_b["eval_loss"] == pytest.approx(eval_a["eval_loss"], rel=1e-4)
     assert (eval_b["eval_accuracy_last"], eval_b["eval_accuracy_sum"]) == (eval_a["eval_accuracy_last"], eval_a["eval_accuracy_sum"])
 

@@ -153,6 +153,6 @@ def test_training_stores_the_normalisation_score_measures(tmp_path, capsys):
     assert main(["score", "--model_name_or_path", str(out), "--dataset_name", "synthetic", "--max_rows", "24",
                  "--compute_normalization"]) == 0
     scored = json.loads((out / NORMALIZATION_NAME).read_text())
-    assert trained["responses"] == scored["responses"] == 48 and trained["scoring"] == scored["scoring"] == "last"
+    assert trained["responses"] == scored["responses"] == 48 and trained["scoring"] == scored["scoring"] == "sum"  # the default
     assert trained["mean"] == pytest.approx(scored["mean"], abs=1e-6)
     assert trained["std"] == pytest.approx(scored["std"], rel=1e-6)

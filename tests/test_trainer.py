@@ -64,7 +64,7 @@ def test_trainer_and_reward_model_accuracies_agree(tokenizer, synthetic, tmp_pat
     assert metrics["eval_n"] == len(synthetic[1]) == independent["n"]
     assert metrics["eval_accuracy_last"] == pytest.approx(independent["accuracy_last"])
     assert metrics["eval_accuracy_sum"] == pytest.approx(independent["accuracy_sum"])
-    assert metrics["eval_accuracy"] == metrics["eval_accuracy_last"]
+    assert metrics["eval_accuracy"] == metrics[f"eval_accuracy_{trainer.args.scoring}"]  # the score trained to rank
 
 
 class StopAt(TrainerCallback):

@@ -329,6 +329,10 @@ class AVATrainer(Trainer):
 
     # -- persistence: backbone in its own HF format plus the heads (see TQRModel.save_pretrained) -------------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # Trainer.save_model calls this on every process under DeepSpeed; only the main one writes (another rank's
+        # staged save, without the gathered weights, would replace the main one's files).
+        if not self.args.should_save:
+            return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         # state_dict is set when the Trainer gathered it from FSDP or DeepSpeed shards.
         self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
@@ -336,8 +340,7 @@ class AVATrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         save_training_record(output_dir, max_length=self.args.max_length)
-        if self.args.should_save:
-            self._write_card(output_dir)
+        self._write_card(output_dir)
 
     def _write_card(self, output_dir: str) -> None:
         with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as handle:
