@@ -56,16 +56,18 @@ def test_lm_head_projection_reproduces_backbone_logits(arch, tokenizer, syntheti
     torch.testing.assert_close(F.linear(hidden * scale, weight, bias), model.backbone(**inputs).logits)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "t5"])  # T5's tied head scales the decoder output by d_model**-0.5
-def test_q_values_are_the_transformed_lm_policy(arch, tokenizer, synthetic):
+# T5's tied head scales the decoder output by d_model**-0.5; a float64 model gets float64 Q values.
+@pytest.mark.parametrize(("arch", "dtype"), [("gpt2", torch.float32), ("t5", torch.float32), ("gpt2", torch.float64)])
+def test_q_values_are_the_transformed_lm_policy(arch, dtype, tokenizer, synthetic):
     """Q(y_1:i, y_i+1) equals log softmax(alpha * softmax(backbone logits at i)) at the next token."""
-    model = TQRModel(tiny_backbone(arch, tokenizer), TQRConfig(alpha=3.0))
+    model = TQRModel(tiny_backbone(arch, tokenizer).to(dtype), TQRConfig(alpha=3.0))
     batch = batch_for(model, tokenizer, synthetic[0].select(range(2)))
     out = model(**batch)
     logits = model.backbone(**{k: v for k, v in batch.items() if k != "completion_mask"}).logits
     q_all = torch.log_softmax(3.0 * logits.softmax(-1), -1)[:, :-1]
     tokens = batch["decoder_input_ids"] if model.is_encoder_decoder else batch["input_ids"]
     expected = q_all.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    assert out.q_values.dtype == dtype
     torch.testing.assert_close(out.q_values[out.mask], expected[out.mask], rtol=1e-5, atol=1e-5)
     assert (out.q_values[~out.mask] == 0).all()
 
@@ -248,7 +250,7 @@ def test_reward_weights_chunk_rows_and_checkpointing(monkeypatch, grad):
 
     batch, length = 2, 5
     module = modeling.RewardWeights(4).double()
-    module.query.weight.requires_grad_(False)  # the keys alone still need the checkpoint
+    module.query.requires_grad_(False)  # the keys alone still need the checkpoint
     hidden = torch.randn(batch, length, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     mask = torch.tensor([[1, 1, 0, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
     column_sums, rows, checkpoints = modeling._attention_column_sums, [], []
@@ -264,6 +266,40 @@ def test_reward_weights_chunk_rows_and_checkpointing(monkeypatch, grad):
         assert rows == chunks * 2
         assert len(checkpoints) == (2 * len(chunks) if grad and len(chunks) > 1 else 0)
     assert weights[1].tolist() == [1.0, 0, 0, 0, 0]  # one valid position takes all the weight
+    module.requires_grad_(False)  # nothing to differentiate: no checkpoint, even with gradients enabled
+    module(hidden, mask, True)
+    assert len(checkpoints) == 0
+
+
+def test_q_values_take_the_configured_chunks_kernel_and_hidden_scale(monkeypatch, tokenizer):
+    """_taken_q_values hands the op the config's chunk size and kernel and the hidden states times the projection's
+    scale (here 2, as Cohere's logit_scale could be): Q = log softmax(alpha * softmax(2 h W^T)) at the next token."""
+    from avalign import modeling
+
+    model = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(alpha=2.0, q_chunk_size=3, q_kernel="auto"))
+    weight = model.backbone.get_output_embeddings().weight
+    monkeypatch.setattr(model, "q_projection", lambda: (weight, None, 2.0))
+    calls = []
+    monkeypatch.setattr(modeling, "pretrained_q_values",
+                        lambda *args, **kwargs: calls.append(kwargs) or pretrained_q_values(*args, **kwargs))
+    ids, completion = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        out = model(ids, torch.ones_like(ids), completion)
+        hidden = model.sequence_hidden_states(ids, torch.ones_like(ids)).double()
+    assert calls == [{"chunk_size": 3, "kernel": "auto"}]
+    q_all = torch.log_softmax(2.0 * (2.0 * hidden[0, :-1] @ weight.double().T).softmax(-1), -1)
+    torch.testing.assert_close(out.q_values[0].double(), q_all.gather(-1, ids[0, 1:, None]).squeeze(-1))
+
+
+def test_refusals_name_what_is_missing(tokenizer):
+    from avalign.errors import ConfigError
+
+    model = TQRModel(tiny_backbone("t5", tokenizer))
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ConfigError, match=r"^TQRModel\.forward needs completion_mask \(1 on response tokens\)$"):
+        model(ids, torch.ones_like(ids))
+    with pytest.raises(ConfigError, match="^padding-free batches need a causal LM; encoder-decoders take padded batches$"):
+        model(ids, None, torch.ones_like(ids), position_ids=torch.arange(3)[None])
 
 
 def test_reward_log_std_is_clamped_and_token_mask_defaults_to_all(tokenizer):

@@ -294,6 +294,7 @@ def test_kernel_choice(monkeypatch):
         monkeypatch.setattr(kernels, "INTERPRETED", interpreted)
         for dtype in ops.TRITON_DTYPES:
             assert ops._triton_kernels("auto", fake_cuda(dtype)) is chosen
+        assert ops._triton_kernels("auto", cpu) is None  # compiled or not, never for CPU tensors
     assert ops._triton_kernels("triton", fake_cuda(torch.bfloat16)) is kernels
     with pytest.raises(ConfigError, match=exact(
         "kernel='triton' on CPU tensors: avalign.kernels was imported before TRITON_INTERPRET=1 was set, so its "
