@@ -267,6 +267,7 @@ def test_reward_weights_chunk_rows_and_checkpointing(monkeypatch, grad):
         assert len(checkpoints) == (2 * len(chunks) if grad and len(chunks) > 1 else 0)
     assert weights[1].tolist() == [1.0, 0, 0, 0, 0]  # one valid position takes all the weight
     module.requires_grad_(False)  # nothing to differentiate: no checkpoint, even with gradients enabled
+    module.chunk_elements = batch * length
     module(hidden, mask, True)
     assert len(checkpoints) == 0
 
