@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from avalign.errors import ConfigError
 from avalign import ops
-from avalign.ops import chunked_backward, pretrained_q_values
+from avalign.chunking import chunked_backward, compute_dtype
+from avalign.ops import pretrained_q_values
 
 
 def naive_pretrained_q_values(hidden, weight, bias, actions, alpha):
@@ -238,7 +239,7 @@ def test_chunked_backward_accumulates_each_requested_gradient(dtype, needs):
     hidden, weight, bias, _, _ = make_inputs(7, 11, h=5, dtype=dtype)
     grad_logits = torch.randn(7, 11, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     grads = chunked_backward(hidden.detach(), weight.detach(), bias.detach(), needs, 3,
-                             lambda rows, logits: grad_logits[rows].to(ops._compute_dtype(logits.dtype)))
+                             lambda rows, logits: grad_logits[rows].to(compute_dtype(logits.dtype)))
     h, w = hidden.detach().double(), weight.detach().double()
     expected = (grad_logits.to(dtype).double() @ w, grad_logits.T @ h, grad_logits.sum(0))
     tolerance = {"rtol": 1e-2, "atol": 5e-2} if dtype == torch.bfloat16 else {"rtol": 1e-12, "atol": 1e-12}
