@@ -46,15 +46,20 @@ def reference_reward_weights(hidden, mask, query, key, rescale):
     return weights
 
 
-@pytest.mark.parametrize("rescale", [True, False])
-def test_reward_weights_and_means_follow_the_definition(tokenizer, rescale):
+@pytest.mark.parametrize("rescale, dtype, chunk_rows", [(True, torch.float32, None), (False, torch.float32, None),
+                                                      (True, torch.float64, None), (False, torch.float64, 2)])
+def test_reward_weights_and_means_follow_the_definition(tokenizer, rescale, dtype, chunk_rows):
+    """A float64 model keeps float64 weights (to float64 rounding), whole or in chunks of query rows."""
     from avalign.modeling import TQRConfig
 
-    model = randomised(TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(rescale_reward_weights=rescale))).eval()
+    model = TQRModel(tiny_backbone("gpt2", tokenizer).to(dtype), TQRConfig(rescale_reward_weights=rescale))
+    model = randomised(model).eval()
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [5, 12, 13, 14, pad, pad, pad]])
     attention = (ids != pad).long()
     completion = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0, 0]])  # prompt and padding are not actions
+    if chunk_rows:
+        model.reward_weights.chunk_elements = chunk_rows * ids[:, 1:].numel()  # chunk_rows query rows per chunk
     with torch.no_grad():
         out = model(ids, attention, completion, with_q=False)
         hidden = model.sequence_hidden_states(ids, attention).double()
@@ -64,8 +69,9 @@ def test_reward_weights_and_means_follow_the_definition(tokenizer, rescale):
                                                  "bias": layer.bias.double().tolist()})
     expected = reference_reward_weights(next_hidden, mask, as_lists(model.reward_weights.query),
                                         as_lists(model.reward_weights.key), rescale)
-    torch.testing.assert_close(out.reward_weights.double(), torch.tensor(expected, dtype=torch.float64),
-                               rtol=1e-5, atol=1e-6)
+    assert out.reward_weights.dtype == dtype
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-13}
+    torch.testing.assert_close(out.reward_weights.double(), torch.tensor(expected, dtype=torch.float64), **tolerance)
     assert out.mask.tolist() == mask
     head = model.reward_head
     for b, row in enumerate(mask):

@@ -52,6 +52,20 @@ def loop_last_weighted_reward(mu, w, valid):
     return w[last] * mu[last]
 
 
+def test_td_baseline_enters_the_td_error_only():
+    """AVAConfig.td_reference: the reference's Q values b_t are taken off Q before the TD error,
+    delta_t = (q_t - b_t) - gamma (q_{t+1} - b_{t+1}); the Q and KL terms keep the model's own values."""
+    x, mask = random_sequences()
+    baseline = torch.randn(mask.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    terms = sequence_terms(**x, mask=mask, gamma=0.9, td_baseline=baseline)
+    for b in range(mask.shape[0]):
+        mu, log_std, w = (x[k][b] for k in ("reward_mean", "reward_log_std", "reward_weights"))
+        q, kl, _ = loop_sequence(x["q_values"][b], mu, log_std, w, mask[b].tolist(), 0.9, "mean", "mean")
+        _, _, td = loop_sequence(x["q_values"][b] - baseline[b], mu, log_std, w, mask[b].tolist(), 0.9, "mean", "mean")
+        for got, want in ((terms.q_term[b], q), (terms.kl_term[b], kl), (terms.td_term[b], td)):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("weights_apply_to", ["mean", "mean_std"])
 def test_ava_d_matches_loop(reduction, weights_apply_to):

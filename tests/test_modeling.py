@@ -47,6 +47,8 @@ def test_q_transform_is_bounded(alpha):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_lm_head_projection_reproduces_backbone_logits(arch, tokenizer, synthetic):
     model = TQRModel(tiny_backbone(arch, tokenizer))
+    if hasattr(model.backbone, "final_logits_bias"):  # BART's starts at zero, where adding it is not seen
+        torch.nn.init.normal_(model.backbone.final_logits_bias)
     batch = batch_for(model, tokenizer, synthetic[0].select(range(4)))
     hidden = model.sequence_hidden_states(batch["input_ids"], batch["attention_mask"], batch.get("decoder_input_ids"), batch.get("decoder_attention_mask"))
     weight, bias, scale = _lm_head_projection(model.backbone)
@@ -54,14 +56,18 @@ def test_lm_head_projection_reproduces_backbone_logits(arch, tokenizer, syntheti
     torch.testing.assert_close(F.linear(hidden * scale, weight, bias), model.backbone(**inputs).logits)
 
 
-def test_q_values_are_the_transformed_lm_policy(tokenizer, synthetic):
+# T5's tied head scales the decoder output by d_model**-0.5; a float64 model gets float64 Q values.
+@pytest.mark.parametrize(("arch", "dtype"), [("gpt2", torch.float32), ("t5", torch.float32), ("gpt2", torch.float64)])
+def test_q_values_are_the_transformed_lm_policy(arch, dtype, tokenizer, synthetic):
     """Q(y_1:i, y_i+1) equals log softmax(alpha * softmax(backbone logits at i)) at the next token."""
-    model = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(alpha=3.0))
+    model = TQRModel(tiny_backbone(arch, tokenizer).to(dtype), TQRConfig(alpha=3.0))
     batch = batch_for(model, tokenizer, synthetic[0].select(range(2)))
     out = model(**batch)
-    logits = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model.backbone(**{k: v for k, v in batch.items() if k != "completion_mask"}).logits
     q_all = torch.log_softmax(3.0 * logits.softmax(-1), -1)[:, :-1]
-    expected = q_all.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    tokens = batch["decoder_input_ids"] if model.is_encoder_decoder else batch["input_ids"]
+    expected = q_all.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    assert out.q_values.dtype == dtype
     torch.testing.assert_close(out.q_values[out.mask], expected[out.mask], rtol=1e-5, atol=1e-5)
     assert (out.q_values[~out.mask] == 0).all()
 
@@ -213,3 +219,100 @@ def test_chunked_reward_weights_equal_the_whole_attention(packed, chunk_rows, to
     assert len(results[0]) == len(results[1]) > 10  # gradients reach the backbone through the weights
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_lm_head_projection_folds_every_quirk_into_weight_bias_and_scale():
+    """A stand-in backbone with all the quirks at once: a head bias plus a BART-style final_logits_bias, Cohere's
+    logit_scale and T5's d_model**-0.5; its logits written out by hand: logit_scale * (d_model**-0.5 * h) W^T + b + f.
+    Gemma 2's final_logit_softcapping is refused."""
+    from types import SimpleNamespace
+
+    from avalign.errors import ConfigError
+
+    torch.manual_seed(0)
+    head, final_bias, h = torch.nn.Linear(4, 6), torch.randn(1, 6), torch.randn(3, 4)
+    config = SimpleNamespace(logit_scale=2.0, scale_decoder_outputs=True, d_model=16)
+    backbone = SimpleNamespace(config=config, get_output_embeddings=lambda: head, final_logits_bias=final_bias)
+    weight, bias, scale = _lm_head_projection(backbone)
+    expected = 2.0 * (16**-0.5 * h) @ head.weight.T + head.bias + final_bias[0]
+    torch.testing.assert_close(F.linear(scale * h, weight, bias), expected)
+    config.final_logit_softcapping = 30.0
+    with pytest.raises(ConfigError, match=r"^backbones with final_logit_softcapping \(Gemma 2\) are not supported yet$"):
+        _lm_head_projection(backbone)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_reward_weights_chunk_rows_and_checkpointing(monkeypatch, grad):
+    """chunk_elements // (B * T) query rows per chunk (at least one; whole when that covers T), each chunk
+    checkpointed only when gradients flow; the weights equal the whole attention's, a row with a single valid
+    position (at column 0) included."""
+    from avalign import modeling
+
+    batch, length = 2, 5
+    module = modeling.RewardWeights(4).double()
+    module.query.requires_grad_(False)  # the keys alone still need the checkpoint
+    hidden = torch.randn(batch, length, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 0, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    column_sums, rows, checkpoints = modeling._attention_column_sums, [], []
+    monkeypatch.setattr(modeling, "_attention_column_sums", lambda q, *a: rows.append(q.shape[1]) or column_sums(q, *a))
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda f, *a, **k: checkpoints.append(1) or f(*a))
+    for chunk_elements, chunks in ((2 * batch * length, [2, 2, 1]), (1, [1] * 5), (length * batch * length, [5])):
+        module.chunk_elements = chunk_elements
+        rows.clear(), checkpoints.clear()
+        with torch.set_grad_enabled(grad):
+            for rescale in (False, True):
+                weights = module(hidden, mask, rescale)
+                torch.testing.assert_close(weights, whole_attention_reward_weights(module, hidden, mask, rescale).double())
+        assert rows == chunks * 2
+        assert len(checkpoints) == (2 * len(chunks) if grad and len(chunks) > 1 else 0)
+    assert weights[1].tolist() == [1.0, 0, 0, 0, 0]  # one valid position takes all the weight
+    module.requires_grad_(False)  # nothing to differentiate: no checkpoint, even with gradients enabled
+    module.chunk_elements = batch * length
+    module(hidden, mask, True)
+    assert len(checkpoints) == 0
+
+
+def test_q_values_take_the_configured_chunks_kernel_and_hidden_scale(monkeypatch, tokenizer):
+    """_taken_q_values hands the op the config's chunk size and kernel and the hidden states times the projection's
+    scale (here 2, as Cohere's logit_scale could be): Q = log softmax(alpha * softmax(2 h W^T)) at the next token."""
+    from avalign import modeling
+
+    model = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(alpha=2.0, q_chunk_size=3, q_kernel="auto"))
+    weight = model.backbone.get_output_embeddings().weight
+    monkeypatch.setattr(model, "q_projection", lambda: (weight, None, 2.0))
+    calls = []
+    monkeypatch.setattr(modeling, "pretrained_q_values",
+                        lambda *args, **kwargs: calls.append(kwargs) or pretrained_q_values(*args, **kwargs))
+    ids, completion = torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([[0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        out = model(ids, torch.ones_like(ids), completion)
+        hidden = model.sequence_hidden_states(ids, torch.ones_like(ids)).double()
+    assert calls == [{"chunk_size": 3, "kernel": "auto"}]
+    q_all = torch.log_softmax(2.0 * (2.0 * hidden[0, :-1] @ weight.double().T).softmax(-1), -1)
+    torch.testing.assert_close(out.q_values[0].double(), q_all.gather(-1, ids[0, 1:, None]).squeeze(-1))
+
+
+def test_refusals_name_what_is_missing(tokenizer):
+    from avalign.errors import ConfigError
+
+    model = TQRModel(tiny_backbone("t5", tokenizer))
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ConfigError, match=r"^TQRModel\.forward needs completion_mask \(1 on response tokens\)$"):
+        model(ids, torch.ones_like(ids))
+    with pytest.raises(ConfigError, match="^padding-free batches need a causal LM; encoder-decoders take padded batches$"):
+        model(ids, None, torch.ones_like(ids), position_ids=torch.arange(3)[None])
+
+
+def test_reward_log_std_is_clamped_and_token_mask_defaults_to_all(tokenizer):
+    model = TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(log_std_min=-0.5, log_std_max=0.5))
+    with torch.no_grad():
+        model.reward_head.weight.zero_()
+        model.reward_head.bias.copy_(torch.tensor([0.0, 3.0]))
+    ids, completion = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[0, 1, 1, 1]])
+    assert model(ids, None, completion).reward_log_std.tolist() == [[0.5] * 3]
+    with torch.no_grad():
+        model.reward_head.bias.copy_(torch.tensor([0.0, -3.0]))
+    out, with_mask = model(ids, None, completion), model(ids, torch.ones_like(ids), completion)
+    assert out.reward_log_std.tolist() == [[-0.5] * 3]
+    assert out.mask.tolist() == [[True] * 3]
+    torch.testing.assert_close(out.q_values, with_mask.q_values)

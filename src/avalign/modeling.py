@@ -113,10 +113,11 @@ class RewardWeights(nn.Module):
         super().__init__()
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
-        self.chunk_elements = chunk_elements  # 64 MiB of float32 scores per chunk
+        self.chunk_elements = chunk_elements  # 64 MiB of float32 scores per chunk (128 MiB in float64)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-        queries, keys = self.query(hidden).float(), self.key(hidden).float()
+        # Half-precision activations are upcast for the softmax; float64 stays float64 (as the reward head's).
+        queries, keys = upcast(self.query(hidden)), upcast(self.key(hidden))
         batch, length = mask.shape
         rows = max(1, self.chunk_elements // max(1, batch * length))
         if rows >= length:  # one chunk: nothing to save by recomputing it
