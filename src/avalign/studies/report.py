@@ -138,7 +138,8 @@ def write_report(config: StudyConfig, results: dict, out: Path, command: str | N
         f"{t.max_length}. A seed gives every objective the same initial backbone, tokens and data order.", "",
         "## Pairwise accuracy on held-out pairs (%, mean ± std over seeds; ties count as wrong)", "",
         "Each method under its native score: BT's output, the Preference Transformer's weighted return (sum), "
-        "AVA's last-token reward mean (its default). Best mean per column in bold.", "",
+        "and for AVA the score it was trained to rank by (`scoring`: the return under the current defaults, the last "
+        "token's reward under the settings before December 2026). Best mean per column in bold.", "",
         *_table(summary, lambda e: _pct(e[e["native"]]["mean"], e[e["native"]]["std"]), rows, True, native), "",
         "## Paired difference to BT (accuracy points, 95% two-level bootstrap interval over seeds and pairs)", "",
         *_table(summary, lambda e: (f"{100 * e['vs_bt'][0]:+.1f} [{100 * e['vs_bt'][1]:+.1f}, {100 * e['vs_bt'][2]:+.1f}]"
