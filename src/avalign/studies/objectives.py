@@ -28,6 +28,6 @@ LABELS = {
     "afd-preftrans": "AfD + PrefTrans", "afd-ava-p": "AfD + AVA-p", "dpo": "DPO (implicit reward)",
     "oracle-probe": "Oracle: linear probe on gold",
 }
-# The score each method is trained to rank with: BT's single output, the Preference Transformer's weighted return
-# (Eq. 19 "sum"), and AVA's default (AVAConfig.scoring = "last").
+# The score each baseline is trained to rank with: BT's single output, the Preference Transformer's weighted return
+# (Eq. 19 "sum") and DPO's implicit return. AVA's is its resolved AVAConfig.scoring (report.native_scoring).
 NATIVE_SCORING = {"bt": "last", "preftrans": "sum", "dpo": "sum"}
