@@ -316,3 +316,94 @@ def test_reward_log_std_is_clamped_and_token_mask_defaults_to_all(tokenizer):
     assert out.reward_log_std.tolist() == [[-0.5] * 3]
     assert out.mask.tolist() == [[True] * 3]
     torch.testing.assert_close(out.q_values, with_mask.q_values)
+
+
+# -- configuration, wrappers and persistence (the mutation run's survivors outside the math) ------------------
+@pytest.mark.parametrize("kwargs,message", [
+    ({"log_std_min": 1.0, "log_std_max": 1.0}, r"^log_std_min \(1\.0\) must be below log_std_max \(1\.0\)$"),
+    ({"alpha": 0.0}, r"^alpha must be positive, got 0\.0$"),
+    ({"alpha": math.inf}, r"^alpha must be positive, got inf$"),
+    ({"alpha": math.nan}, r"^alpha must be positive, got nan$"),
+    ({"q_chunk_size": 0}, r"^q_chunk_size must be None or >= 1, got 0$"),
+    ({"q_kernel": "cuda"}, r"^unknown q_kernel 'cuda'; expected one of \['auto', 'torch', 'triton'\]$"),
+])
+def test_config_refusals_name_the_field_and_value(kwargs, message):
+    from avalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        TQRConfig(**kwargs)
+
+
+def test_config_accepts_the_edges_of_each_range():
+    TQRConfig(log_std_min=-1.0, log_std_max=-0.999, alpha=1e-6, q_chunk_size=1)
+    for kernel in ("torch", "triton", "auto"):
+        assert TQRConfig(q_kernel=kernel).q_kernel == kernel
+
+
+def test_parameter_counts_count_by_hand_and_take_zero3_full_sizes():
+    from avalign.modeling import parameter_counts
+
+    frozen, trainable = torch.nn.Linear(2, 5), torch.nn.Linear(3, 4)  # 2*5+5 = 15 and 3*4+4 = 16 parameters
+    frozen.requires_grad_(False)
+    model = torch.nn.Sequential(frozen, trainable)
+    assert parameter_counts(model) == {"trainable_params": 16, "total_params": 31}
+    trainable.weight.ds_numel = 100  # ZeRO-3: an empty shard here, 100 values in full
+    assert parameter_counts(model) == {"trainable_params": 104, "total_params": 119}
+
+
+def test_zero3_gathered_gathers_only_the_shards_not_available(monkeypatch):
+    import contextlib
+    import sys
+    import types
+
+    from avalign.modeling import zero3_gathered
+
+    calls = []
+    fake = types.ModuleType("deepspeed")
+    fake.zero = types.SimpleNamespace(GatheredParameters=lambda params, modifier_rank: calls.append(
+        (params, modifier_rank)) or "gathered")
+    monkeypatch.setitem(sys.modules, "deepspeed", fake)
+    plain, available, shard = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
+    available.ds_status = types.SimpleNamespace(name="AVAILABLE")
+    shard.ds_status = types.SimpleNamespace(name="NOT_AVAILABLE")
+    assert isinstance(zero3_gathered([plain, available]), contextlib.nullcontext) and calls == []
+    assert zero3_gathered([plain, available, shard]) == "gathered"
+    assert len(calls) == 1 and calls[0][1] is None and [p is shard for p in calls[0][0]] == [True]
+
+
+def test_run_as_forward_runs_the_hooks_and_restores_the_forward():
+    from avalign.modeling import run_as_forward
+
+    module, seen = torch.nn.Linear(2, 2), []
+    module.register_forward_pre_hook(lambda m, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
+    assert run_as_forward(module, lambda x, scale: x * scale, 3, scale=2) == 6
+    assert seen == [((3,), {"scale": 2})]
+    assert "forward" not in module.__dict__  # the class's forward again
+    own = module.forward = lambda x: -x  # an instance forward (as a wrapper sets) is put back
+    assert run_as_forward(module, lambda x: x + 1, 1) == 2 and module.forward is own
+
+
+def test_is_peft_model_needs_both_peft_names_and_unwrapped_takes_the_base():
+    import types
+
+    from avalign.modeling import is_peft_model, unwrapped
+
+    base = torch.nn.Linear(1, 1)
+    peft = types.SimpleNamespace(peft_config={}, get_base_model=lambda: base)
+    assert is_peft_model(peft) and unwrapped(peft) is base
+    for half in (types.SimpleNamespace(peft_config={}), types.SimpleNamespace(get_base_model=lambda: base)):
+        assert not is_peft_model(half) and unwrapped(half) is half
+    assert unwrapped(base) is base
+
+
+def test_quantization_is_refused_without_cuda_only(monkeypatch):
+    from avalign.errors import ConfigError
+    from avalign.modeling import check_quantization
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_quantization(None)
+    with pytest.raises(ConfigError, match=r"^load_in_4bit/load_in_8bit quantise with bitsandbytes, which needs a "
+                                          r"CUDA GPU; none is available$"):
+        check_quantization({"load_in_4bit": True})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    check_quantization({"load_in_4bit": True})
