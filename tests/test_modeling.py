@@ -407,3 +407,171 @@ def test_quantization_is_refused_without_cuda_only(monkeypatch):
         check_quantization({"load_in_4bit": True})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     check_quantization({"load_in_4bit": True})
+
+
+def test_padding_free_support_is_checked_on_the_backbone_and_leaves_its_mode(tokenizer):
+    import types
+
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    from avalign.modeling import supports_padding_free
+
+    llama = tiny_backbone("llama", tokenizer)
+    for training in (True, False):
+        llama.train(training)
+        assert supports_padding_free(llama) and llama.training == training
+    peft_like = types.SimpleNamespace(peft_config={}, get_base_model=lambda: llama)
+    assert supports_padding_free(peft_like)
+    assert not supports_padding_free(tiny_backbone("t5", tokenizer))
+    torch.manual_seed(0)
+    opt = AutoModelForCausalLM.from_config(OPTConfig(  # OPT derives positions from the attention mask: it leaks
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
+        word_embed_proj_dim=32, pad_token_id=tokenizer.pad_token_id))
+    opt.train()
+    assert not supports_padding_free(opt) and opt.training
+
+    class NoPositionIds(torch.nn.Module):  # a body whose forward takes no position_ids
+        def forward(self, input_ids, use_cache=None):
+            raise AssertionError("not reached")
+
+    llama.model.forward = NoPositionIds().forward
+    llama.train()
+    assert not supports_padding_free(llama) and llama.training
+
+
+
+def test_save_into_an_earlier_save_replaces_weights_and_keeps_other_files(tokenizer, tmp_path):
+    import json
+    import os
+    from dataclasses import asdict
+
+    target = tmp_path / "new" / "model"  # the parent does not exist yet
+    first = TQRModel(tiny_backbone("llama", tokenizer, seed=1), TQRConfig(alpha=3.0))
+    first.save_pretrained(str(target))
+    for stale in ("model-00001-of-00002.safetensors", "pytorch_model.bin", "model.safetensors.index.json"):
+        (target / stale).write_text("an earlier sharded save")
+    (target / "tokenizer.json").write_text("kept")
+    (target / "model_card.txt").write_text("kept")
+    second = TQRModel(tiny_backbone("llama", tokenizer, seed=2), TQRConfig(alpha=2.0, scoring="sum"))
+    torch.nn.init.normal_(second.reward_head.weight)
+    second.save_pretrained(str(target))
+    assert sorted(os.listdir(target)) == sorted(["config.json", "generation_config.json", "model.safetensors",
+                                                 "tqr_config.json", "tqr_heads.safetensors", "tokenizer.json",
+                                                 "model_card.txt"])
+    assert (target / "tokenizer.json").read_text() == (target / "model_card.txt").read_text() == "kept"
+    assert os.listdir(tmp_path / "new") == ["model"]  # no staging directory left
+    assert json.loads((target / "tqr_config.json").read_text()) == asdict(second.tqr_config)
+    loaded = TQRModel.from_pretrained(str(target))
+    assert loaded.tqr_config == second.tqr_config
+    expected = second.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_a_failed_save_leaves_the_earlier_one(tokenizer, tmp_path, monkeypatch):
+    import os
+
+    import avalign.modeling
+
+    model = TQRModel(tiny_backbone("gpt2", tokenizer))
+    model.save_pretrained(str(tmp_path / "model"))
+    before = {name: (tmp_path / "model" / name).read_bytes() for name in os.listdir(tmp_path / "model")}
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(avalign.modeling, "save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(str(tmp_path / "model"))
+    assert {name: (tmp_path / "model" / name).read_bytes() for name in os.listdir(tmp_path / "model")} == before
+    assert os.listdir(tmp_path) == ["model"]
+
+
+def test_from_pretrained_wraps_a_plain_backbone_with_the_config_given(tokenizer, tmp_path):
+    from transformers import T5ForConditionalGeneration
+
+    tiny_backbone("t5", tokenizer).save_pretrained(tmp_path)
+    model = TQRModel.from_pretrained(str(tmp_path), TQRConfig(use_reward_weights=False, pretrained_q=False),
+                                     dtype=torch.float64)
+    assert type(model.backbone) is T5ForConditionalGeneration and model.is_encoder_decoder
+    assert model.reward_weights is None and model.q_head.out_features == len(tokenizer)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert (model.reward_head.weight == 0).all() and (model.reward_head.bias == 0).all()  # the prior N(0, 1)
+    assert TQRModel.from_pretrained(str(tmp_path)).tqr_config == TQRConfig()
+
+
+def test_heads_that_do_not_match_the_config_are_refused(tokenizer, tmp_path):
+    from avalign.errors import ConfigError
+
+    TQRModel(tiny_backbone("gpt2", tokenizer), TQRConfig(use_reward_weights=False)).save_pretrained(str(tmp_path))
+    model = TQRModel(tiny_backbone("gpt2", tokenizer))
+    with pytest.raises(ConfigError, match=(
+            rf"^{tmp_path}: head weights do not match the config \(missing \['reward_weights.query.weight', "
+            r"'reward_weights.query.bias', 'reward_weights.key.weight', 'reward_weights.key.bias'\], unexpected \[\]\)$")):
+        model.load_heads(str(tmp_path))
+
+
+def test_a_directory_without_a_model_is_refused_by_name(tmp_path):
+    from avalign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^cannot load a model from '{tmp_path}': "):
+        TQRModel.from_pretrained(str(tmp_path))
+
+
+def test_backbone_loading_hands_revision_and_remote_code_to_the_config(tokenizer, tmp_path, monkeypatch):
+    import types
+
+    from transformers import AutoConfig
+
+    import avalign.modeling
+
+    tiny_backbone("gpt2", tokenizer).save_pretrained(tmp_path)
+    seen = []
+    monkeypatch.setattr(avalign.modeling, "AutoConfig", types.SimpleNamespace(
+        from_pretrained=lambda path, **kwargs: seen.append(kwargs) or AutoConfig.from_pretrained(path)))
+    avalign.modeling._load_backbone(str(tmp_path), revision="main", trust_remote_code=False, dtype=torch.float32)
+    assert seen == [{"revision": "main", "trust_remote_code": False}]
+
+
+def test_adapter_wraps_once_records_an_absolute_base_and_merges_back(tokenizer, tmp_path, monkeypatch):
+    import os
+
+    from peft import LoraConfig
+
+    from avalign.errors import ConfigError
+    from avalign.modeling import is_peft_model
+
+    built = TQRModel(tiny_backbone("llama", tokenizer))
+    with pytest.raises(ConfigError, match=r"^peft_config needs a backbone loaded from a directory or hub id \(the "
+                                          r"adapter records it as its base model\); save a backbone built from a "
+                                          r"config first$"):
+        built.add_adapter(LoraConfig(r=2, task_type="CAUSAL_LM"))
+    assert built.merge_and_unload() is built and not is_peft_model(built.backbone)  # no adapter: a no-op
+    tiny_backbone("llama", tokenizer).save_pretrained(tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    model = TQRModel.from_pretrained("base")
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "completion_mask": torch.tensor([[0, 1, 1, 1]])}
+    model.add_adapter(LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
+    assert is_peft_model(model.backbone)
+    assert model.backbone.peft_config["default"].base_model_name_or_path == str(tmp_path / "base")
+    assert model.backbone.get_base_model().config._name_or_path == str(tmp_path / "base")
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("backbone."))
+    with pytest.raises(ConfigError, match=r"^the backbone already carries a PEFT adapter; merge it first "
+                                          r"\(`avalign merge`\)$"):
+        model.add_adapter(LoraConfig(r=2, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        adapted = model(**batch).q_values
+        assert model.merge_and_unload() is model and not is_peft_model(model.backbone)
+        torch.testing.assert_close(model(**batch).q_values, adapted)
+    assert os.path.isabs(model.backbone.name_or_path)
+
+
+def test_activation_checkpointing_switches_reach_the_backbone(tokenizer):
+    model = TQRModel(tiny_backbone("gpt2", tokenizer))
+    assert not model.is_activation_checkpointing
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing and model.backbone.is_activation_checkpointing
+    model.activation_checkpointing_disable()
+    assert not model.is_activation_checkpointing and not model.backbone.is_activation_checkpointing
