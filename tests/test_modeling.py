@@ -563,6 +563,15 @@ def test_adapter_wraps_once_records_an_absolute_base_and_merges_back(tokenizer, 
         model.add_adapter(LoraConfig(r=2, task_type="CAUSAL_LM"))
     with torch.no_grad():
         adapted = model(**batch).q_values
+    torch.nn.init.normal_(model.reward_head.weight)
+    model.save_pretrained(tmp_path / "lora")
+    reloaded = TQRModel.from_pretrained(str(tmp_path / "lora"))  # the base it names, the adapter, the heads
+    assert is_peft_model(reloaded.backbone) and reloaded.tqr_config == model.tqr_config
+    lora = {n for n, p in reloaded.named_parameters() if p.requires_grad and n.startswith("backbone.")}
+    assert lora and all("lora_" in n for n in lora)  # the adapter trains on, the base stays frozen
+    with torch.no_grad():
+        for name in ("q_values", "reward_mean", "reward_weights"):
+            torch.testing.assert_close(getattr(reloaded(**batch), name), getattr(model(**batch), name))
         assert model.merge_and_unload() is model and not is_peft_model(model.backbone)
         torch.testing.assert_close(model(**batch).q_values, adapted)
     assert os.path.isabs(model.backbone.name_or_path)
@@ -575,3 +584,61 @@ def test_activation_checkpointing_switches_reach_the_backbone(tokenizer):
     assert model.is_activation_checkpointing and model.backbone.is_activation_checkpointing
     model.activation_checkpointing_disable()
     assert not model.is_activation_checkpointing and not model.backbone.is_activation_checkpointing
+
+
+def test_an_adapter_loads_onto_the_base_and_revision_it_names(tokenizer, tmp_path, monkeypatch):
+    import json
+
+    from peft import LoraConfig
+
+    import avalign.modeling
+    from avalign.errors import ConfigError
+
+    tiny_backbone("llama", tokenizer).save_pretrained(tmp_path / "base")
+    model = TQRModel.from_pretrained(str(tmp_path / "base"))
+    model.add_adapter(LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model.save_pretrained(tmp_path / "lora")
+    adapter_config = tmp_path / "lora" / "adapter_config.json"
+    written = json.loads(adapter_config.read_text())
+    adapter_config.write_text(json.dumps({**written, "revision": "v2"}))
+    loads, real = [], avalign.modeling._load_backbone
+    monkeypatch.setattr(avalign.modeling, "_load_backbone",
+                        lambda path, **kwargs: loads.append((path, kwargs)) or real(path))
+    TQRModel.from_pretrained(str(tmp_path / "lora"), dtype=torch.float32)
+    assert loads == [(str(tmp_path / "base"), {"revision": "v2", "dtype": torch.float32})]
+    adapter_config.write_text(json.dumps({**written, "base_model_name_or_path": None}))
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/lora/adapter_config.json names no base model to load the "
+                                          r"adapter onto$"):
+        TQRModel.from_pretrained(str(tmp_path / "lora"))
+
+
+def test_save_stages_beside_the_target_and_moves_the_config_last(tokenizer, tmp_path, monkeypatch):
+    import json
+    import os
+    import tempfile
+    from dataclasses import asdict
+
+    import avalign.modeling
+
+    target = tmp_path / "model"
+    model = TQRModel(tiny_backbone("llama", tokenizer))
+    model.save_pretrained(str(target))
+    staged, moves, real_mkdtemp, real_replace = [], [], tempfile.mkdtemp, os.replace
+    monkeypatch.setattr(avalign.modeling.tempfile, "mkdtemp",
+                        lambda **kwargs: staged.append(real_mkdtemp(**kwargs)) or staged[-1])
+    monkeypatch.setattr(avalign.modeling.os, "replace", lambda source, destination: moves.append(
+        (os.path.basename(destination), (target / "tqr_config.json").exists())) or real_replace(source, destination))
+    model.save_pretrained(str(target), max_shard_size="10KB")  # kwargs reach the backbone's save
+    assert len(staged) == 1 and os.path.dirname(staged[0]) == str(tmp_path)
+    assert os.path.basename(staged[0]).startswith(".model.saving-") and not os.path.exists(staged[0])
+    names = [name for name, _ in moves]
+    assert names[-1] == "tqr_config.json" and "model.safetensors.index.json" in names and len(names) > 5
+    assert not any(config_there for _, config_there in moves)  # the old config went first, the new one comes last
+    assert (target / "tqr_config.json").read_text() == json.dumps(asdict(model.tqr_config), indent=2)
+
+
+def test_init_takes_zero3_full_vocabulary_and_the_backbone_blocks(tokenizer):
+    backbone = tiny_backbone("llama", tokenizer)
+    assert TQRModel(backbone)._no_split_modules == backbone._no_split_modules == {"LlamaDecoderLayer"}
+    backbone.get_output_embeddings().weight.ds_shape = (7, 32)  # ZeRO-3: an empty shard here, [7, 32] in full
+    assert TQRModel(backbone, TQRConfig(pretrained_q=False)).q_head.out_features == 7
