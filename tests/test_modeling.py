@@ -550,7 +550,7 @@ def test_adapter_wraps_once_records_an_absolute_base_and_merges_back(tokenizer, 
     assert built.merge_and_unload() is built and not is_peft_model(built.backbone)  # no adapter: a no-op
     tiny_backbone("llama", tokenizer).save_pretrained(tmp_path / "base")
     monkeypatch.chdir(tmp_path)
-    model = TQRModel.from_pretrained("base")
+    model = TQRModel.from_pretrained("base", TQRConfig(alpha=2.0, scoring="sum"))
     batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
              "completion_mask": torch.tensor([[0, 1, 1, 1]])}
     model.add_adapter(LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
@@ -642,3 +642,12 @@ def test_init_takes_zero3_full_vocabulary_and_the_backbone_blocks(tokenizer):
     assert TQRModel(backbone)._no_split_modules == backbone._no_split_modules == {"LlamaDecoderLayer"}
     backbone.get_output_embeddings().weight.ds_shape = (7, 32)  # ZeRO-3: an empty shard here, [7, 32] in full
     assert TQRModel(backbone, TQRConfig(pretrained_q=False)).q_head.out_features == 7
+
+
+def test_loading_a_quantised_backbone_is_refused_before_loading_without_cuda(tmp_path, monkeypatch):
+    import avalign.modeling
+    from avalign.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="^load_in_4bit/load_in_8bit quantise with bitsandbytes"):
+        avalign.modeling._load_backbone(str(tmp_path), quantization_config={"load_in_4bit": True})
