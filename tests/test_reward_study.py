@@ -244,9 +244,14 @@ def test_dense_reward_stage_scores_every_method_against_gold(tmp_path):
         for values in dense.values():
             assert values["tokens"] == words  # every response word of the 12 pairs, EOS left out
             assert -1 <= values["pearson"] <= 1 and -1 <= values["spearman"] <= 1
+    # The stored points pair each reading with the gold reward of the same token: their gold side is the evaluation
+    # pairs' gold rewards in order (chosen, then rejected, per pair), and numpy's correlation over them is the figure.
     cell = results["cells"]["synthetic|tiny|ava-p|0"]
-    assert cell["dense"]["mu"]["pearson"] == pytest.approx(cell["gold_reward_pearson"], abs=1e-6)
-    assert cell["dense"]["token_reward"]["pearson"] == pytest.approx(cell["gold_weighted_reward_pearson"], abs=1e-6)
+    in_order = [g for row in evaluation for key in ("chosen", "rejected") for g in row[f"{key}_gold_rewards"]]
+    for reading, figure in (("mu", "gold_reward_pearson"), ("token_reward", "gold_weighted_reward_pearson")):
+        points = np.array(cell["dense"][reading]["points"])
+        assert points[:, 1] == pytest.approx(in_order, abs=1e-4)
+        assert cell[figure] == pytest.approx(np.corrcoef(points[:, 0], points[:, 1])[0, 1], abs=1e-3)
     table = (tmp_path / "study" / "results.md").read_text()
     assert "| Oracle: linear probe on gold | probe |" in table and "| DPO (implicit reward) | implicit |" in table
     assert (tmp_path / "study" / "dense-scatter-synthetic-tiny.png").exists()

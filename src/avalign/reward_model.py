@@ -289,7 +289,7 @@ class BTRewardModel(_PairEvaluation):
     def score(self, prompts: list, responses: list, progress: bool = False,
               prefix_rewards: bool = False) -> list[SequenceReward]:
         """One SequenceReward per (prompt, response), with prefix-difference token rewards when asked."""
-        rows = Dataset.from_dict({"prompt": list(prompts), "completion": list(responses)})
+        rows = _prompt_completion_rows(prompts, responses)
         results = []
         for features in _batches(self._tokenized(rows), self.batch_size, progress):
             scores = self.forward_features(features).tolist()
@@ -318,7 +318,8 @@ class DPOImplicitRewardModel(_PairEvaluation):
                  max_length: int | None = None, batch_size: int = 32, device: str | torch.device | None = None):
         self.policy, self.reference = policy.eval(), reference.eval()
         self.tokenizer, self.beta = ensure_pad_token(tokenizer), beta
-        self.max_length, self.batch_size = max_length, batch_size
+        self.batch_size = batch_size
+        self._fit_to(policy, max_length)
         self.device = torch.device(device) if device is not None else next(policy.parameters()).device
         self.policy.to(self.device)
         self.reference.to(self.device)

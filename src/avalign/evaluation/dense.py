@@ -82,8 +82,8 @@ def probe_readings(backbone, eval_ids: Dataset, eval_gold: Dataset, *, ridge: fl
 def dense_metrics(readings: dict[str, list[np.ndarray]], eval_gold: Dataset, *, points: int = 2000,
                   examples: int = 4) -> dict:
     """Per reading: Pearson and Spearman correlation with the gold rewards over every response token (EOS left
-    out; a truncated response is compared on the tokens it kept), the token count, ``points`` (learned, gold)
-    pairs for a scatter plot and the first ``examples`` responses token by token."""
+    out; a truncated response is compared on the tokens it kept), the token count and, when asked for, ``points``
+    (learned, gold) pairs for a scatter plot and the first ``examples`` responses token by token."""
     gold = _gold_rows(eval_gold)
     metrics = {}
     for name, rows in readings.items():
@@ -94,9 +94,11 @@ def dense_metrics(readings: dict[str, list[np.ndarray]], eval_gold: Dataset, *, 
             target += gold_row[:n]
             if index < examples:
                 shown.append({"learned": [round(float(v), 4) for v in row[:n]], "gold": gold_row[:n]})
-        step = max(1, len(learned) // points)
         metrics[name] = {"pearson": pearson(learned, target), "spearman": spearman(learned, target),
-                         "tokens": len(learned),
-                         "points": [[round(a, 4), round(b, 4)] for a, b in zip(learned[::step], target[::step])],
-                         "examples": shown}
+                         "tokens": len(learned)}
+        if points:
+            step = max(1, len(learned) // points)
+            metrics[name]["points"] = [[round(a, 4), round(b, 4)] for a, b in zip(learned[::step], target[::step])]
+        if examples:
+            metrics[name]["examples"] = shown
     return metrics

@@ -287,11 +287,13 @@ def prepare_unit(config: StudyConfig, spec: DatasetSpec, backbone: BackboneSpec,
         tokenizer, backbone_path = prepare_backbone(backbone, task, train, out, max_length, seed, report)
         tokenizer.save_pretrained(str(out / "tokenizer"))
         save_tokenized(train, "pairs", report)
-        train.select_columns(["prompt", "chosen", "rejected"]).save_to_disk(str(out / "train_text"))  # for DPO
         evaluation.save_to_disk(str(out / "eval"))
         # tokenised once here, so that no cell tokenises the evaluation pairs again
         tokenize_dataset(evaluation, tokenizer, max_length=max_length, source="eval")[0].save_to_disk(str(out / "eval_ids"))
         report["backbone_path"] = unit_relative(backbone_path, out)
+    needs_text = any(config.method(o)[2] == "text" for o in config.objectives_for(spec))
+    if needs_text and not (out / "train_text").exists():  # DPO tokenises the text itself, as TRL does
+        train.select_columns(["prompt", "chosen", "rejected"]).save_to_disk(str(out / "train_text"))
     needs_afd = any(config.method(o)[2] == "afd" for o in config.objectives_for(spec))
     if needs_afd and not (out / "train_afd").exists():  # the initial policy: the backbone
         save_tokenized(sample_afd_pairs(backbone_path, tokenizer, train, config.afd, max_length, seed, report), "afd",
@@ -392,13 +394,9 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
         cell[f"accuracy_{scoring}"] = float(correct.mean())
         cell["correct"][scoring] = "".join("1" if c else "0" for c in correct)
     if gold is not None:
-        from ..evaluation.dense import dense_metrics, model_readings
+        from ..evaluation.gold import gold_metrics
 
-        cell["dense"] = dense_metrics(model_readings(scorer, evaluation, settings.eval_batch_size), gold)
-        if isinstance(scorer, AVARewardModel):
-            from ..evaluation.gold import gold_metrics
-
-            cell.update(gold_metrics(scorer, gold))
+        cell.update(gold_metrics(scorer, gold, tokenized=evaluation, plots=True))  # the unit's eval_ids: tokenised once
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     cell["curve"] = [[entry["step"], entry["loss"]] for entry in logs]
     cell["last_log"] = logs[-1] if logs else {}  # the objective's terms and training accuracy at the end
@@ -492,8 +490,9 @@ def run_study(config: StudyConfig, progress: bool = True, command: str | None = 
         for spec, backbone, seed in units:
             directory = out / "cache" / _unit_key(config, spec, backbone, seed)
             unit_cells = [c for c in cells if c[0] is spec and c[1] is backbone and c[3] == seed]
-            lacks_afd = any(config.method(c[2])[2] == "afd" for c in unit_cells) and not (directory / "train_afd").exists()
-            if unit_cells and (lacks_afd or not (directory / "prep.json").exists()):
+            lacks = [name for data, name in (("afd", "train_afd"), ("text", "train_text"))  # added to a cached unit
+                     if any(config.method(c[2])[2] == data for c in unit_cells) and not (directory / name).exists()]
+            if unit_cells and (lacks or not (directory / "prep.json").exists()):
                 directory.mkdir(parents=True, exist_ok=True)
                 jobs[directory.name] = (prepare_unit, str(directory / "log.txt"), config, spec, backbone, seed,
                                         str(directory))
