@@ -352,6 +352,15 @@ class DPOImplicitRewardModel(_PairEvaluation):
         return {"sum": chosen}, {"sum": rejected}
 
 
+def aggregate_scores(scores: torch.Tensor, ensemble: str, k: float = 1.0) -> torch.Tensor:
+    """One score per response from an ensemble's scores [members, n]: mean, worst or mean - k std."""
+    if ensemble == "mean":
+        return scores.mean(0)
+    if ensemble == "worst":
+        return scores.amin(0)
+    return scores.mean(0) - k * scores.std(0, correction=0)
+
+
 NORMALIZATION_NAME = "reward_normalization.json"
 
 

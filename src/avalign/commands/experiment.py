@@ -1,6 +1,7 @@
 """`avalign experiment <study> --config experiments/<study>/<preset>.yaml`: a study, resumable; writes results.json,
 results.md and plots. Studies: reward-modeling (objectives x datasets x backbones x seeds, the paper's Table 1) and
-policy (best-of-N, PPO, direct optimisation and demonstrations as win / tie / lose rates, Tables 2-5)."""
+policy (best-of-N, PPO, direct optimisation and demonstrations as win / tie / lose rates, Tables 2-5) and
+uncertainty (calibration of sigma, best-of-N and PPO over-optimisation against BT ensembles)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from ..errors import ConfigError
 from .parsing import ArgumentParser
 
-STUDIES = ("reward-modeling", "policy")
+STUDIES = ("reward-modeling", "policy", "uncertainty")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -26,6 +27,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _study(name: str):
     """(config class, run_study, write_report) of a study."""
+    if name == "uncertainty":
+        from ..studies.uncertainty import UncertaintyConfig, run_study
+        from ..studies.uncertainty_report import write_report
+
+        return UncertaintyConfig, run_study, write_report
     if name == "policy":
         from ..studies.policy import PolicyStudyConfig, run_study, write_report
 

@@ -109,20 +109,29 @@ class RewardModelRewards:
 
 
 class GoldRewards:
-    """The synthetic task's gold reward r(previous word, word) as token rewards (``dense``), or their sum on the
-    last token (``sum``): the true objective, for tests and over-optimisation curves.
+    """A gold task's per-token rewards as token rewards (``dense``), or their sum on the last token (``sum``): the
+    true objective, for tests and over-optimisation curves. The task is the synthetic task (rewards over words,
+    ``r(previous word, word)``) or the stories260K gold task (``data.stories_gold``: over token ids).
 
-    The final EOS earns 0. A token that is not a task word (a special token sampled mid-response) is off task: it
-    earns the lowest reward any word can earn and leaves the previous word unchanged."""
+    The final EOS earns 0. On the synthetic task a token that is not a task word (a special token sampled
+    mid-response) is off task: it earns the lowest reward any word can earn and leaves the previous word unchanged."""
 
-    def __init__(self, task: SyntheticTask, tokenizer: PreTrainedTokenizerBase, *, reward: str = "dense"):
+    def __init__(self, task, tokenizer: PreTrainedTokenizerBase, *, reward: str = "dense"):
+        from ..data.stories_gold import StoriesGoldTask
+
         if reward not in ("dense", "sum"):
             raise ConfigError(f"gold rewards are 'dense' or 'sum' (the gold return on the last token), got '{reward}'")
-        ids = tokenizer.convert_tokens_to_ids(task.words)
-        if tokenizer.unk_token_id in ids or None in ids:
-            raise ConfigError("gold rewards need the synthetic task's word-level tokenizer (one token per task word)")
         self.task, self.reward, self.eos_token_id = task, reward, tokenizer.eos_token_id
-        self.word_of = {token: word for word, token in enumerate(ids)}
+        if isinstance(task, StoriesGoldTask):  # the table is over the tokenizer's own ids
+            if len(task.base_reward) != len(tokenizer):
+                raise ConfigError(f"the stories gold table covers {len(task.base_reward)} tokens; the tokenizer has "
+                                  f"{len(tokenizer)}")
+            self.word_of = {token: token for token in range(len(tokenizer))}
+        else:
+            ids = tokenizer.convert_tokens_to_ids(task.words)
+            if tokenizer.unk_token_id in ids or None in ids:
+                raise ConfigError("gold rewards need the synthetic task's word-level tokenizer (one token per task word)")
+            self.word_of = {token: word for word, token in enumerate(ids)}
         self.off_task_reward = float((task.base_reward[None, :] + task.interaction).min())
 
     def token_rewards(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[torch.Tensor]:
@@ -130,16 +139,18 @@ class GoldRewards:
         for prompt, response in zip(prompt_ids, response_ids):
             previous = self.word_of.get(prompt[-1])
             if previous is None:
-                raise DataError("gold rewards need prompts of the synthetic task (ending with a task word)")
+                raise DataError("gold rewards need prompts of the gold task (the synthetic task's end with a task word)")
             row = []
             for position, token in enumerate(response):
                 word = self.word_of.get(token)
-                if word is not None:
+                is_final_eos = token == self.eos_token_id and position == len(response) - 1
+                if is_final_eos:
+                    row.append(0.0)
+                elif word is not None:
                     row += self.task.gold_rewards(previous, [word])
                     previous = word
                 else:
-                    is_final_eos = token == self.eos_token_id and position == len(response) - 1
-                    row.append(0.0 if is_final_eos else self.off_task_reward)
+                    row.append(self.off_task_reward)
             rewards.append(place_rewards(torch.tensor(row), self.reward))
         return rewards
 

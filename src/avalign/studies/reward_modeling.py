@@ -333,8 +333,10 @@ def set_worker_threads(workers: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, work_dir: str) -> dict:
-    """Train one objective on a prepared unit and score it on the unit's evaluation pairs."""
+def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, work_dir: str,
+             save_dir: str | None = None) -> dict:
+    """Train one objective on a prepared unit and score it on the unit's evaluation pairs; ``save_dir``: keep the
+    trained model there (a DPO policy scores against the unit's backbone as its reference)."""
     from datasets import load_from_disk
     from transformers import AutoTokenizer, set_seed
 
@@ -384,6 +386,9 @@ def run_cell(config: StudyConfig, objective: str, seed: int, directory: str, wor
         scorer = AVARewardModel(trainer.model, tokenizer, max_length=settings.max_length,
                                 batch_size=settings.eval_batch_size)
     train_seconds = time.perf_counter() - start
+    if save_dir is not None:
+        trainer.save_model(save_dir)
+        tokenizer.save_pretrained(save_dir)
     chosen, rejected = scorer.pair_scores(evaluation)
     cell: dict[str, Any] = {"train_seconds": round(train_seconds, 2), "n": len(evaluation), "correct": {}}
     # Which pairs share a prompt: the report's bootstrap resamples prompts, not pairs, when seeds share the pairs.
