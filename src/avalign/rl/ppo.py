@@ -324,6 +324,9 @@ class PPOTrainer:
             "objective/rlhf_reward": (scores - config.kl_coef * kl_sum).mean().item(),
             "val/mean": masked_mean(batch.values, mask).item(),
             "response_length": mask.sum(-1).mean().item(),
+            # responses that are EOS alone: the collapse a reward model that prefers them drives PPO to
+            "response/empty": ((mask.sum(-1) == 1) & (batch.responses[:, 0] == self.tokenizer.eos_token_id)
+                               ).float().mean().item(),
             **{name: sum(values) / len(values) for name, values in stats.items()},
         }
         if batch.gold_returns is not None:
