@@ -68,8 +68,9 @@ def test_kappa_lowers_each_token_reward_by_kappa_sigma(reward_model, tokenizer, 
     prompts, prompt_ids, responses, texts = episodes
     reference = reward_model.score(prompts, texts)
     kappa = 0.5
+    pessimistic = AVARewardModel(reward_model.model, tokenizer, batch_size=3, kappa=kappa)
     mean = RewardModelRewards(reward_model, tokenizer, reward="dense").token_rewards(prompt_ids, responses)
-    low = RewardModelRewards(reward_model, tokenizer, reward="dense", kappa=kappa).token_rewards(prompt_ids, responses)
+    low = RewardModelRewards(pessimistic, tokenizer, reward="dense").token_rewards(prompt_ids, responses)
     for m, lo, response, ref in zip(mean, low, responses, reference):
         sigma = ref.reward_std if response[-1] == tokenizer.eos_token_id else (
             ref.reward_std[:-2] + [ref.reward_std[-2] + ref.reward_std[-1]])
@@ -83,9 +84,11 @@ def test_bradley_terry_models_offer_last_only(tokenizer, episodes):
     config.num_labels = 1
     torch.manual_seed(2)
     bt = BTRewardModel(AutoModelForSequenceClassification.from_config(config), tokenizer)
-    for reward, kappa in (("dense", 0.0), ("sum", 0.0), ("last", 1.0)):
+    for reward in ("dense", "sum"):
         with pytest.raises(ConfigError, match="Bradley-Terry"):
-            RewardModelRewards(bt, tokenizer, reward=reward, kappa=kappa)
+            RewardModelRewards(bt, tokenizer, reward=reward)
+    with pytest.raises(ConfigError, match="kappa 1.0 beside a loaded reward model"):  # it would not be applied
+        RewardModelRewards(bt, tokenizer, reward="last", kappa=1.0)
     rows = RewardModelRewards(bt, tokenizer, reward="last").token_rewards(prompt_ids, responses)
     expected = bt.sequence_scores(prompts, texts)["last"]
     assert [float(r[-1]) for r in rows] == pytest.approx(expected, abs=1e-5)
@@ -136,7 +139,8 @@ def test_reward_function_inside_trl_equals_independent_scores(trainer_name, rewa
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     config_class, trainer_class = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[trainer_name]
-    function = RecordingRewardFunction(reward_model, scoring="sum", kappa=0.5)
+    function = RecordingRewardFunction(AVARewardModel(reward_model.model, tokenizer, batch_size=3, kappa=0.5),
+                                       scoring="sum")
     function.calls = []
     args = config_class(
         output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=6,
