@@ -205,6 +205,9 @@ def test_cli_ensembles_and_kappa_reach_the_reward_source(ava_dir, bt_dir, tokeni
     assert [type(m) for m in ensemble.members] == [AVARewardModel, BTRewardModel]
     assert ensemble.members[0].kappa == 0.5 and source.reward == "last"
     assert rewards("--reward_model", ava_dir, "--kappa", "0.5").reward_model.kappa == 0.5
+    config = tmp_path / "ppo.yaml"
+    config.write_text("reward_model: gold\n")  # one path in YAML is a string, still the gold reward
+    assert isinstance(rewards("--config", str(config)), GoldRewards)
     for flags, message in [
         (["--reward_model", ava_dir, bt_dir, "--reward", "last"], "2 reward models need an ensemble"),
         (["--reward_model", ava_dir, bt_dir, "--ensemble", "worst"], "an ensemble gives one score per sequence"),

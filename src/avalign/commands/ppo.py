@@ -44,6 +44,10 @@ class PPOArguments:
     prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompts in a prompts file."})
     num_prompts: int = field(default=2000, metadata={"help": "Synthetic prompts to draw, or rows read from a file."})
 
+    def __post_init__(self) -> None:
+        if isinstance(self.reward_model, str):  # one path in a --config YAML file
+            self.reward_model = [self.reward_model]
+
 
 def load_prompts(args: PPOArguments) -> list[str]:
     if args.prompts == SYNTHETIC:
