@@ -1,7 +1,6 @@
 """`avalign ppo`: PPO on a causal LM with per-token rewards from an AVA reward model (dense, sum or last, optionally
 pessimistic), a Bradley-Terry model or an ensemble of reward models (last) or, on the synthetic task, the gold
-reward. The last stdout line is one
-JSON object (the last update's statistics and the output directory)."""
+reward. The last stdout line is one JSON object (the last update's statistics and the output directory)."""
 
 from __future__ import annotations
 
