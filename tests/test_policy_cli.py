@@ -5,11 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from avalign.cli import main
+from avalign.commands.bon import main as bon_main
 from avalign.data import load_dataset
 from avalign.modeling import TQRModel
-from avalign.reward_model import AVARewardModel
+from avalign.errors import ConfigError
+from avalign.reward_model import AVARewardModel, BTRewardModel
 
 from conftest import last_json_line, reference_gold_return, tiny_backbone
 
@@ -106,6 +109,42 @@ def test_bon_keeps_the_reward_models_best_candidate(policy_dir, tokenizer, synth
         assert row["completion"] == row["candidates"][row["best_index"]]
         assert row["gold_reward"] == pytest.approx(reference_gold_return(synthetic[2], row["prompt"], row["completion"]))
     assert summary["mean_proxy_score"] >= summary["mean_candidate_proxy_score"]
+
+
+def test_bon_with_an_ensemble_and_kappa_keeps_the_pessimistic_best(policy_dir, tokenizer, synthetic, tmp_path, capsys):
+    torch.manual_seed(0)
+    ava = TQRModel(tiny_backbone("gpt2", tokenizer, seed=1))
+    torch.nn.init.normal_(ava.reward_head.weight)
+    ava.save_pretrained(tmp_path / "ava")  # its own scoring: "last"
+    bt = tmp_path / "bt"
+    tiny_backbone("gpt2", tokenizer, seed=2).save_pretrained(bt)
+    torch.manual_seed(2)
+    AutoModelForSequenceClassification.from_pretrained(str(bt), num_labels=1).save_pretrained(bt)
+    for path in (tmp_path / "ava", bt):
+        tokenizer.save_pretrained(path)
+    out = tmp_path / "bon.jsonl"
+    flags = ["bon", "--policy", policy_dir, "--n", "3", "--synthetic_eval_size", "8", "--max_prompts", "3",
+             "--max_new_tokens", "5", "--output", str(out)]
+    assert main([*flags, "--reward_model", str(tmp_path / "ava"), str(bt), "--ensemble", "worst",
+                 "--kappa", "0.5"]) == 0
+    capsys.readouterr()
+    rows = read_jsonl(out)
+    ava_scorer, bt_scorer = AVARewardModel.from_pretrained(str(tmp_path / "ava")), BTRewardModel.from_pretrained(str(bt))
+    for row in rows:
+        assert row["scoring"] == "worst" and row["kappa"] == 0.5
+        prompts = [row["prompt"]] * 3
+        pessimistic = [r.last - 0.5 * r.reward_std[-1] for r in ava_scorer.score(prompts, row["candidates"])]
+        bt_scores = bt_scorer.sequence_scores(prompts, row["candidates"])["last"]
+        assert row["candidate_scores"] == pytest.approx(np.minimum(pessimistic, bt_scores), abs=1e-5)
+        assert row["proxy_score"] == max(row["candidate_scores"])
+    # several models need --ensemble, kappa an AVA model, an ensemble two models (one line, exit code 2 in `avalign`)
+    for extra, message in [(["--reward_model", str(tmp_path / "ava"), str(bt)], "2 reward models need an ensemble"),
+                           (["--reward_model", str(bt), "--kappa", "1"], "kappa 1.0 needs an AVA reward model")]:
+        with pytest.raises(ConfigError, match=message):
+            bon_main([*flags[1:], *extra])
+    assert main([*flags, "--reward_model", str(bt), "--ensemble", "mean"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "avalign bon: error: ensemble 'mean' needs at least two reward models, got 1: ['" + str(bt) + "']")
 
 
 def test_unknown_words_leave_the_gold_reward_null_and_are_counted(synthetic, capsys):

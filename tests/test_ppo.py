@@ -6,13 +6,16 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GenerationConfig
 
 from avalign import AVAConfig, AVATrainer, TQRConfig, TQRModel
-from avalign.commands.ppo import main as ppo_main
+from avalign.cli import main as cli_main
+from avalign.commands.parsing import dataclass_parser, parse_dataclasses
+from avalign.commands.ppo import PPOArguments, main as ppo_main, reward_sources
 from avalign.errors import ConfigError, TrainingDivergedError
 from avalign.rl.ppo import (PPOConfig, PPOTrainer, clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards,
                             pad_left, position_ids, response_mask)
+from avalign.reward_model import AVARewardModel, BTRewardModel, EnsembleRewardModel
 from avalign.rl.rewards import GoldRewards, RewardModelRewards
 
 from conftest import last_json_line, tiny_backbone
@@ -176,6 +179,48 @@ def test_cli_rejects_what_it_cannot_honour(ava_dir, tokenizer, tmp_path):
     tokenizer.save_pretrained(fresh_q)
     with pytest.raises(ConfigError, match="fresh Q head"):
         ppo_main(["--policy", fresh_q, "--reward_model", "gold", "--output_dir", str(tmp_path / "out")])
+
+
+@pytest.fixture(scope="module")
+def bt_dir(tokenizer, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("bt")
+    tiny_backbone("gpt2", tokenizer, seed=6).save_pretrained(directory)
+    torch.manual_seed(6)
+    AutoModelForSequenceClassification.from_pretrained(str(directory), num_labels=1).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def test_cli_ensembles_and_kappa_reach_the_reward_source(ava_dir, bt_dir, tokenizer, tmp_path, capsys):
+    parser = dataclass_parser((PPOArguments, PPOConfig), prog="avalign ppo")
+
+    def rewards(*flags):
+        args, _ = parse_dataclasses(parser, ["--policy", ava_dir, "--output_dir", str(tmp_path), *flags])
+        return reward_sources(args, tokenizer, "cpu")[0]
+
+    source = rewards("--reward_model", ava_dir, bt_dir, "--ensemble", "lcb", "--ensemble_k", "2", "--kappa", "0.5",
+                     "--reward", "last")
+    ensemble = source.reward_model
+    assert isinstance(ensemble, EnsembleRewardModel) and (ensemble.ensemble, ensemble.k) == ("lcb", 2.0)
+    assert [type(m) for m in ensemble.members] == [AVARewardModel, BTRewardModel]
+    assert ensemble.members[0].kappa == 0.5 and source.reward == "last"
+    assert rewards("--reward_model", ava_dir, "--kappa", "0.5").reward_model.kappa == 0.5
+    config = tmp_path / "ppo.yaml"
+    config.write_text("reward_model: gold\n")  # one path in YAML is a string, still the gold reward
+    assert isinstance(rewards("--config", str(config)), GoldRewards)
+    for flags, message in [
+        (["--reward_model", ava_dir, bt_dir, "--reward", "last"], "2 reward models need an ensemble"),
+        (["--reward_model", ava_dir, bt_dir, "--ensemble", "worst"], "an ensemble gives one score per sequence"),
+        (["--reward_model", bt_dir, "--kappa", "0.5", "--reward", "last"], "kappa 0.5 needs an AVA reward model"),
+        (["--reward_model", "gold", "--ensemble", "mean"], "--ensemble combines reward models"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            rewards(*flags)
+    # through `avalign`: one line and exit code 2
+    assert cli_main(["ppo", "--policy", ava_dir, "--reward_model", ava_dir, bt_dir, "--ensemble", "mean",
+                     "--output_dir", str(tmp_path)]) == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]  # after the loading progress bars
+    assert last_line.startswith("avalign ppo: error: an ensemble gives one score per sequence")
 
 
 class NaNRewards:

@@ -10,8 +10,8 @@ from transformers import AutoModelForSequenceClassification
 from avalign import AVARewardModel, TQRModel
 from avalign.data.synthetic import SyntheticTask, SyntheticTaskConfig
 from avalign.errors import ConfigError
-from avalign.reward_model import BTRewardModel
-from avalign.rl.rewards import AVARewardFunction, GoldRewards, RewardModelRewards, place_rewards
+from avalign.reward_model import BTRewardModel, EnsembleRewardModel
+from avalign.rl.rewards import AVARewardFunction, GoldRewards, RewardModelFunction, RewardModelRewards, place_rewards
 
 from conftest import tiny_backbone
 
@@ -68,8 +68,9 @@ def test_kappa_lowers_each_token_reward_by_kappa_sigma(reward_model, tokenizer, 
     prompts, prompt_ids, responses, texts = episodes
     reference = reward_model.score(prompts, texts)
     kappa = 0.5
+    pessimistic = AVARewardModel(reward_model.model, tokenizer, batch_size=3, kappa=kappa)
     mean = RewardModelRewards(reward_model, tokenizer, reward="dense").token_rewards(prompt_ids, responses)
-    low = RewardModelRewards(reward_model, tokenizer, reward="dense", kappa=kappa).token_rewards(prompt_ids, responses)
+    low = RewardModelRewards(pessimistic, tokenizer, reward="dense").token_rewards(prompt_ids, responses)
     for m, lo, response, ref in zip(mean, low, responses, reference):
         sigma = ref.reward_std if response[-1] == tokenizer.eos_token_id else (
             ref.reward_std[:-2] + [ref.reward_std[-2] + ref.reward_std[-1]])
@@ -83,13 +84,40 @@ def test_bradley_terry_models_offer_last_only(tokenizer, episodes):
     config.num_labels = 1
     torch.manual_seed(2)
     bt = BTRewardModel(AutoModelForSequenceClassification.from_config(config), tokenizer)
-    for reward, kappa in (("dense", 0.0), ("sum", 0.0), ("last", 1.0)):
+    for reward in ("dense", "sum"):
         with pytest.raises(ConfigError, match="Bradley-Terry"):
-            RewardModelRewards(bt, tokenizer, reward=reward, kappa=kappa)
+            RewardModelRewards(bt, tokenizer, reward=reward)
+    with pytest.raises(ConfigError, match="kappa 1.0 beside a loaded reward model"):  # it would not be applied
+        RewardModelRewards(bt, tokenizer, reward="last", kappa=1.0)
     rows = RewardModelRewards(bt, tokenizer, reward="last").token_rewards(prompt_ids, responses)
     expected = bt.sequence_scores(prompts, texts)["last"]
     assert [float(r[-1]) for r in rows] == pytest.approx(expected, abs=1e-5)
     assert all(torch.count_nonzero(r[:-1]) == 0 for r in rows)
+
+
+def test_an_ensemble_puts_the_aggregate_of_its_members_on_the_last_token(tokenizer, episodes):
+    prompts, prompt_ids, responses, texts = episodes
+    members = []
+    for seed in (21, 22, 23):
+        config = tiny_backbone("gpt2", tokenizer, seed=seed).config
+        config.num_labels = 1
+        torch.manual_seed(seed)
+        members.append(BTRewardModel(AutoModelForSequenceClassification.from_config(config), tokenizer, batch_size=4))
+    own = torch.tensor([m.sequence_scores(prompts, texts)["last"] for m in members])
+    expected = (own.mean(0) - 2.0 * own.var(0, unbiased=False).sqrt()).tolist()  # lcb, k = 2
+    ensemble = EnsembleRewardModel(members, "lcb", 2.0)
+    for reward in ("dense", "sum"):
+        with pytest.raises(ConfigError, match=f"an ensemble gives one score per sequence.*got '{reward}'"):
+            RewardModelRewards(ensemble, tokenizer, reward=reward)
+    # truncated responses (no EOS) too: the score of the appended EOS lands on the last sampled token
+    rows = RewardModelRewards(ensemble, tokenizer, reward="last").token_rewards(prompt_ids, responses)
+    assert [len(r) for r in rows] == [len(r) for r in responses]
+    assert [float(r[-1]) for r in rows] == pytest.approx(expected, abs=1e-5)
+    assert all(torch.count_nonzero(r[:-1]) == 0 for r in rows)
+    # as a GRPO/RLOO reward function: the same scores of the texts, logged under the ensemble's name
+    function = RewardModelFunction(ensemble)
+    assert function.__name__ == "ensemble_lcb"
+    assert function(prompts=list(prompts), completions=texts) == pytest.approx(expected, abs=1e-5)
 
 
 def test_reward_model_and_policy_must_share_a_tokenizer(reward_model):
@@ -136,7 +164,8 @@ def test_reward_function_inside_trl_equals_independent_scores(trainer_name, rewa
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     config_class, trainer_class = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[trainer_name]
-    function = RecordingRewardFunction(reward_model, scoring="sum", kappa=0.5)
+    function = RecordingRewardFunction(AVARewardModel(reward_model.model, tokenizer, batch_size=3, kappa=0.5),
+                                       scoring="sum")
     function.calls = []
     args = config_class(
         output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_completion_length=6,

@@ -196,7 +196,13 @@ def sequence_rewards(
 ) -> dict[str, torch.Tensor]:
     """Eq. 19 sequence reward ("sum" of weighted reward means over response positions) and the "last" scoring
     (the weighted reward mean at the last response position). Returns {"sum": [B], "last": [B]}."""
-    weighted = torch.where(mask, reward_weights * reward_mean, torch.zeros_like(reward_mean))
+    return response_scores(reward_weights * reward_mean, mask)
+
+
+def response_scores(token_rewards: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The two sequence scores of per-token rewards [B, T] read where ``mask``: "sum" over the response positions
+    and "last", the reward at the last response position. Returns {"sum": [B], "last": [B]}."""
+    masked = torch.where(mask, token_rewards, torch.zeros_like(token_rewards))
     positions = torch.arange(mask.shape[-1], device=mask.device).expand_as(mask)
     last_index = torch.where(mask, positions, torch.full_like(positions, -1)).amax(-1).clamp(min=0)
-    return {"sum": weighted.sum(-1), "last": weighted.gather(-1, last_index[:, None]).squeeze(-1)}
+    return {"sum": masked.sum(-1), "last": masked.gather(-1, last_index[:, None]).squeeze(-1)}

@@ -1,7 +1,9 @@
 """Inference with trained reward models: AVA (TQR) models give per-token reward means, sigmas and weights and two
-sequence scores; Bradley-Terry models (TRL's RewardTrainer) give one score. ``load_reward_model`` picks the class.
+sequence scores, optionally pessimistic (kappa); Bradley-Terry models (TRL's RewardTrainer) give one score; an
+ensemble of either gives one aggregated score. ``load_reward_model`` picks the class, ``load_reward_models`` builds
+an ensemble from several paths.
 
-Both classes share one interface: ``scorings`` (the sequence scores the model offers), ``sequence_scores(prompts,
+All share one interface: ``scorings`` (the sequence scores the model offers), ``sequence_scores(prompts,
 responses)`` (a list per scoring) and ``evaluate_pairs(dataset)``."""
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .data.collator import TQRCollator, collate_sequences
 from .data.formats import DEMONSTRATION, Record, RowFormat, validate_row
 from .data.tokenize import ensure_pad_token, tokenize_dataset
 from .evaluation.pairwise import bootstrap_interval, pairwise_correct
-from .losses import sequence_rewards
+from .losses import response_scores
 from .errors import ConfigError, DataError
 from .modeling import TQR_CONFIG_NAME, TQRModel, TQROutput, upcast
 from .training_record import load_training_record
@@ -38,15 +40,16 @@ def token_rewards(output: TQROutput, kappa: float = 0.0) -> torch.Tensor:
 @dataclass
 class ResponseRewards:
     """Rewards of one response. Per-token lists cover the response tokens (EOS included), in order;
-    ``token_rewards`` is ``token_rewards(...)`` (kappa 0), the reading PPO optimises."""
+    ``token_rewards`` is ``token_rewards(output, kappa)`` under the model's kappa, the reading PPO optimises, and
+    ``last`` and ``sum`` are read from it."""
 
     token_ids: list[int]
     reward_mean: list[float]
     reward_std: list[float]
     reward_weights: list[float]
     token_rewards: list[float]
-    last: float  # weighted reward mean at the last response token
-    sum: float  # Eq. 19: sum of weighted reward means over the response
+    last: float  # token reward at the last response token (kappa 0: the weighted reward mean)
+    sum: float  # sum of token rewards over the response (kappa 0: Eq. 19)
 
 
 @dataclass
@@ -129,14 +132,19 @@ class _PairEvaluation:
 
 
 class AVARewardModel(_PairEvaluation):
-    """Scores (prompt, response) pairs with a TQR model, in batches, without gradients."""
+    """Scores (prompt, response) pairs with a TQR model, in batches, without gradients. Every score it gives (token
+    rewards, ``last``, ``sum``) is read from ``token_rewards(output, kappa)``: kappa > 0 scores pessimistically,
+    kappa standard deviations of the reward posterior below the mean."""
 
     scorings = ("last", "sum")  # the model's own score (TQRConfig.scoring) comes first on an instance
 
     def __init__(
         self, model: TQRModel, tokenizer: PreTrainedTokenizerBase, *, max_length: int | None = None,
-        batch_size: int = 32, device: str | torch.device | None = None,
+        batch_size: int = 32, device: str | torch.device | None = None, kappa: float = 0.0,
     ):
+        if not kappa >= 0:
+            raise ConfigError(f"kappa must be >= 0 (a pessimistic lower bound), got {kappa}")
+        self.kappa = kappa
         native = model.tqr_config.scoring
         self.scorings = (native, *[s for s in AVARewardModel.scorings if s != native])
         self.model = model.eval()
@@ -160,7 +168,11 @@ class AVARewardModel(_PairEvaluation):
         in training, and come back as 2B rows (chosen first)."""
         for features in _batches(self._tokenized(rows), self.batch_size, progress):
             out = self.forward_features(features)
-            yield features, out, sequence_rewards(out.reward_mean, out.reward_weights, out.mask)
+            yield features, out, self.output_scores(out)
+
+    def output_scores(self, output: TQROutput) -> dict[str, torch.Tensor]:
+        """{"last": [B], "sum": [B]} of a forward's token rewards under the model's kappa."""
+        return response_scores(token_rewards(output, self.kappa), output.mask)
 
     @torch.no_grad()
     def forward_features(self, features: list[dict]) -> TQROutput:
@@ -171,9 +183,10 @@ class AVARewardModel(_PairEvaluation):
 
     @torch.no_grad()
     def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
-        """``token_reward`` (the library's definition, ``token_rewards``) and ``mu`` (the unweighted reward mean)."""
+        """``token_reward`` (the library's definition, ``token_rewards``, under the model's kappa) and ``mu`` (the
+        unweighted reward mean)."""
         out = self.forward_features(features)
-        readings = {"token_reward": token_rewards(out), "mu": out.reward_mean}
+        readings = {"token_reward": token_rewards(out, self.kappa), "mu": out.reward_mean}
         return {name: [row[valid].float().cpu() for row, valid in zip(values, out.mask)] for name, values in readings.items()}
 
     def score(self, prompts: list, responses: list, progress: bool = False) -> list[ResponseRewards]:
@@ -181,7 +194,7 @@ class AVARewardModel(_PairEvaluation):
         rows = _prompt_completion_rows(prompts, responses)
         results = []
         for features, out, scores in self._forward(rows, progress):
-            dense = token_rewards(out)
+            dense = token_rewards(out, self.kappa)
             for row, feature in enumerate(features):
                 valid = out.mask[row]
                 results.append(
@@ -352,13 +365,87 @@ class DPOImplicitRewardModel(_PairEvaluation):
         return {"sum": chosen}, {"sum": rejected}
 
 
+ENSEMBLES = ("mean", "worst", "lcb")
+
+
+def _check_ensemble(ensemble: str, k: float) -> None:
+    if ensemble not in ENSEMBLES:
+        raise ConfigError(f"unknown ensemble '{ensemble}'; expected one of {ENSEMBLES}")
+    if not k >= 0:
+        raise ConfigError(f"the ensemble's k must be >= 0 (mean - k std), got {k}")
+
+
 def aggregate_scores(scores: torch.Tensor, ensemble: str, k: float = 1.0) -> torch.Tensor:
-    """One score per response from an ensemble's scores [members, n]: mean, worst or mean - k std."""
+    """One score per response from an ensemble's scores [members, n] (Coste et al. 2023, "Reward Model Ensembles
+    Help Mitigate Overoptimization"): ``mean``, ``worst`` (the minimum over members) or ``lcb`` (mean - k std over
+    members, the population std)."""
+    _check_ensemble(ensemble, k)
     if ensemble == "mean":
         return scores.mean(0)
     if ensemble == "worst":
         return scores.amin(0)
     return scores.mean(0) - k * scores.std(0, correction=0)
+
+
+class EnsembleRewardModel(_PairEvaluation):
+    """Several reward models (AVA, Bradley-Terry, or a mix) sharing one tokenizer vocabulary, scored together: each
+    member gives its own first scoring (the score it was trained to rank by; an AVA member under its kappa) and
+    ``aggregate_scores`` combines them into the one scoring this model offers, named after ``ensemble``.
+    ``names`` (e.g. the members' paths) name the members in errors."""
+
+    def __init__(self, members: list, ensemble: str, k: float = 1.0, *, names: list[str] | None = None):
+        _check_ensemble(ensemble, k)
+        names = list(names) if names is not None else [f"member {i}" for i in range(len(members))]
+        if len(members) < 2 or len(names) != len(members):
+            raise ConfigError(f"an ensemble needs at least two reward models (and one name each), got "
+                              f"{len(members)} models and {len(names)} names")
+        for name, member in zip(names, members):
+            if not hasattr(member, "sequence_scores"):
+                raise ConfigError(f"ensemble member {name} ({type(member).__name__}) gives no sequence scores")
+            if member.tokenizer.get_vocab() != members[0].tokenizer.get_vocab():
+                raise ConfigError(f"ensemble members must share one tokenizer vocabulary: {name}'s differs from "
+                                  f"{names[0]}'s")
+            if member.is_encoder_decoder != members[0].is_encoder_decoder:
+                raise ConfigError(f"ensemble members must all be causal or all encoder-decoder: {name} differs from "
+                                  f"{names[0]}")
+        self.members, self.ensemble, self.k = list(members), ensemble, k
+        self.scorings = (ensemble,)
+        self.tokenizer, self.is_encoder_decoder = members[0].tokenizer, members[0].is_encoder_decoder
+        self.batch_size = min(member.batch_size for member in members)
+        self.max_length = min(member.max_length for member in members)
+
+    def _aggregate(self, member_scores: list[list[float]]) -> list[float]:
+        return aggregate_scores(torch.tensor(member_scores, dtype=torch.float64), self.ensemble, self.k).tolist()
+
+    def member_scores(self, prompts: list, responses: list, progress: bool = False) -> torch.Tensor:
+        """Each member's own score of each (prompt, response), [members, n] (float64); their spread is the
+        ensemble's uncertainty."""
+        return torch.tensor([member.sequence_scores(prompts, responses, progress)[member.scorings[0]]
+                             for member in self.members], dtype=torch.float64)
+
+    def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:
+        member_scores = self.member_scores(prompts, responses, progress)
+        return {self.ensemble: aggregate_scores(member_scores, self.ensemble, self.k).tolist()}
+
+    def pair_scores(self, dataset: Dataset, progress: bool = False) -> tuple[dict, dict]:
+        chosen, rejected = [], []
+        for member in self.members:  # each truncates the pairs as it was trained to
+            member_chosen, member_rejected = member.pair_scores(dataset, progress)
+            chosen.append(member_chosen[member.scorings[0]])
+            rejected.append(member_rejected[member.scorings[0]])
+        return {self.ensemble: self._aggregate(chosen)}, {self.ensemble: self._aggregate(rejected)}
+
+    @torch.no_grad()
+    def forward_features(self, features: list[dict]) -> torch.Tensor:
+        """One aggregated score per tokenised row (``prompt_ids``, ``completion_ids``), as
+        ``BTRewardModel.forward_features`` gives one score per row."""
+        scores = []
+        for member in self.members:
+            if isinstance(member, AVARewardModel):
+                scores.append(member.output_scores(member.forward_features(features))[member.scorings[0]])
+            else:
+                scores.append(member.forward_features(features))
+        return aggregate_scores(torch.stack([s.double().cpu() for s in scores]), self.ensemble, self.k)
 
 
 NORMALIZATION_NAME = "reward_normalization.json"
@@ -394,13 +481,42 @@ def load_normalization(directory: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def load_reward_model(path: str, **kwargs) -> AVARewardModel | BTRewardModel:
-    """An AVA reward model for a directory holding a TQR model (``tqr_config.json``), else a Bradley-Terry one."""
-    if (Path(path) / TQR_CONFIG_NAME).exists():
-        return AVARewardModel.from_pretrained(path, **kwargs)
+def _is_ava(path: str) -> bool:
+    return (Path(path) / TQR_CONFIG_NAME).exists()
+
+
+def load_reward_model(path: str, kappa: float = 0.0, **kwargs) -> AVARewardModel | BTRewardModel:
+    """An AVA reward model for a directory holding a TQR model (``tqr_config.json``), scoring under ``kappa``, else a
+    Bradley-Terry one (which has no sigma, so kappa must be 0)."""
+    if _is_ava(path):
+        return AVARewardModel.from_pretrained(path, kappa=kappa, **kwargs)
+    if kappa:
+        raise ConfigError(f"kappa {kappa} needs an AVA reward model, and '{path}' is not one (a Bradley-Terry model "
+                          "gives one score and no sigma)")
     try:
         return BTRewardModel.from_pretrained(path, **kwargs)
     except ConfigError:  # says what is wrong already
         raise
     except (OSError, ValueError) as exc:  # not a model directory, an unknown hub id, no network, ...
         raise ConfigError(f"cannot load a reward model from '{path}': {exc}") from exc
+
+
+def load_reward_models(paths: str | list[str], ensemble: str | None = None, k: float = 1.0, kappa: float = 0.0,
+                       **kwargs) -> AVARewardModel | BTRewardModel | EnsembleRewardModel:
+    """One reward model (``load_reward_model``) for one path without ``ensemble``; an ``EnsembleRewardModel`` of
+    several, aggregated by ``ensemble`` (with ``k`` for ``lcb``). ``kappa`` applies to the AVA members; at least one
+    must be AVA when it is not 0. ``kwargs`` go to every member (max_length, batch_size, device)."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if ensemble is None:
+        if len(paths) != 1:
+            raise ConfigError(f"{len(paths)} reward models need an ensemble to combine their scores: one of {ENSEMBLES}")
+        return load_reward_model(paths[0], kappa=kappa, **kwargs)
+    _check_ensemble(ensemble, k)
+    if len(paths) < 2:
+        raise ConfigError(f"ensemble '{ensemble}' needs at least two reward models, got {len(paths)}: {paths}")
+    is_ava = [_is_ava(path) for path in paths]
+    if kappa and not any(is_ava):
+        raise ConfigError(f"kappa {kappa} needs an AVA reward model, and none of {paths} is one (Bradley-Terry "
+                          "models give one score and no sigma)")
+    members = [load_reward_model(path, kappa=kappa if ava else 0.0, **kwargs) for path, ava in zip(paths, is_ava)]
+    return EnsembleRewardModel(members, ensemble, k, names=paths)

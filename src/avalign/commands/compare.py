@@ -8,6 +8,7 @@ import json
 import sys
 from collections import Counter
 
+from .bon import add_reward_model_arguments
 from .parsing import ArgumentParser
 
 
@@ -20,10 +21,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "OpenAI-compatible endpoint, asked in both orders.")
     parser.add_argument("--margin", type=float, default=0.0,
                         help="gold / rm: a tie when the two scores differ by at most this much.")
-    parser.add_argument("--reward_model", default=None, help="rm: an AVA, Bradley-Terry or Preference Transformer dir.")
-    parser.add_argument("--scoring", default=None, choices=["last", "sum"],
-                        help="rm: sequence score (AVA: last or sum; Bradley-Terry: last). Default: the score the "
-                             "model was trained to rank by.")
+    add_reward_model_arguments(parser, required=False, prefix="rm: ")
     parser.add_argument("--batch_size", type=int, default=32, help="rm: sequences per scoring batch.")
     parser.add_argument("--max_length", type=int, default=None, help="rm: truncate as in training.")
     parser.add_argument("--base_url", default=None, help="llm: e.g. http://localhost:8000/v1 (before /chat/completions).")
@@ -64,7 +62,8 @@ def make_judge(args: argparse.Namespace):
     if args.judge == "rm":
         if args.reward_model is None:
             raise ConfigError("--judge rm needs --reward_model")
-        return judges.RewardModelJudge(args.reward_model, args.scoring, args.margin, batch_size=args.batch_size,
+        return judges.RewardModelJudge(args.reward_model, args.scoring, args.margin, ensemble=args.ensemble,
+                                       k=args.ensemble_k, kappa=args.kappa, batch_size=args.batch_size,
                                        max_length=args.max_length)
     if args.base_url is None or args.model is None:
         raise ConfigError("--judge llm needs --base_url and --model")

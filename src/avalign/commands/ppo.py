@@ -1,6 +1,6 @@
 """`avalign ppo`: PPO on a causal LM with per-token rewards from an AVA reward model (dense, sum or last, optionally
-pessimistic), a Bradley-Terry model (last) or, on the synthetic task, the gold reward. The last stdout line is one
-JSON object (the last update's statistics and the output directory)."""
+pessimistic), a Bradley-Terry model or an ensemble of reward models (last) or, on the synthetic task, the gold
+reward. The last stdout line is one JSON object (the last update's statistics and the output directory)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 from ..data.synthetic import SYNTHETIC
 from ..errors import ConfigError
+from ..reward_model import ENSEMBLES
 from ..rl.ppo import PPOConfig
 from ..rl.rewards import REWARDS
+from .bon import ENSEMBLE_HELP, ENSEMBLE_K_HELP, KAPPA_HELP
 from .parsing import dataclass_parser, parse_dataclasses
 
 GOLD = "gold"
@@ -24,17 +26,26 @@ class PPOArguments:
 
     policy: str = field(metadata={"help": "A Hugging Face causal LM directory (or hub id), or a TQR model directory "
                                   "saved by `avalign train` with the pretrained Q (its backbone is the policy)."})
-    reward_model: str = field(metadata={"help": "A reward model directory (AVA/TQR or Bradley-Terry) sharing the "
-                                        "policy's tokenizer, or 'gold': the synthetic task's gold reward."})
+    reward_model: list[str] = field(metadata={"help": "A reward model directory (AVA/TQR or Bradley-Terry) sharing "
+                                              "the policy's tokenizer, several with --ensemble, or 'gold': the "
+                                              "synthetic task's gold reward."})
     reward: str = field(default="dense", metadata={"help": "dense: a reward at every token (AVA only); sum: the "
-                                                   "sequence reward on the last token; last: the last token's reward.",
+                                                   "sequence reward on the last token; last: the last token's reward "
+                                                   "(Bradley-Terry models and ensembles: their score).",
                                                    "choices": list(REWARDS)})
-    kappa: float = field(default=0.0, metadata={"help": "Pessimism: token rewards w*mu - kappa*sigma (AVA only)."})
+    kappa: float = field(default=0.0, metadata={"help": KAPPA_HELP})
+    ensemble: str | None = field(default=None, metadata={"help": ENSEMBLE_HELP + " Needs --reward last.",
+                                                         "choices": list(ENSEMBLES)})
+    ensemble_k: float = field(default=1.0, metadata={"help": ENSEMBLE_K_HELP})
     prompts: str = field(default=SYNTHETIC, metadata={"help": "'synthetic' (the embedded task's training prompts; "
                                                       "its eval prompts stay unseen) or a .jsonl/.json/.csv/.parquet "
                                                       "file with a prompt column."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompts in a prompts file."})
     num_prompts: int = field(default=2000, metadata={"help": "Synthetic prompts to draw, or rows read from a file."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward_model, str):  # one path in a --config YAML file
+            self.reward_model = [self.reward_model]
 
 
 def load_prompts(args: PPOArguments) -> list[str]:
@@ -51,15 +62,19 @@ def load_prompts(args: PPOArguments) -> list[str]:
 def reward_sources(args: PPOArguments, tokenizer, device: str):
     """(the reward source PPO optimises, the gold source it logs, or None)."""
     from ..data.synthetic import SyntheticTask
+    from ..reward_model import load_reward_models
     from ..rl.rewards import GoldRewards, RewardModelRewards
 
     gold = None
     if args.prompts == SYNTHETIC:
         with contextlib.suppress(ConfigError):  # a policy with another tokenizer: no gold reward to log
             gold = GoldRewards(SyntheticTask(), tokenizer)
-    if args.reward_model != GOLD:
-        return RewardModelRewards(args.reward_model, tokenizer, reward=args.reward, kappa=args.kappa,
-                                  device=device), gold
+    if args.reward_model != [GOLD]:
+        reward_model = load_reward_models(args.reward_model, args.ensemble, args.ensemble_k, kappa=args.kappa,
+                                          device=device)
+        return RewardModelRewards(reward_model, tokenizer, reward=args.reward), gold
+    if args.ensemble is not None:
+        raise ConfigError("--ensemble combines reward models; --reward_model gold is the gold reward alone")
     if gold is None:
         raise ConfigError("--reward_model gold needs --prompts synthetic and a policy with the synthetic task's "
                           "tokenizer")
@@ -81,8 +96,9 @@ def run(args: PPOArguments, config: PPOConfig) -> dict:
     rewards, gold = reward_sources(args, tokenizer, config.device)
     trainer = PPOTrainer(policy, tokenizer, load_prompts(args), rewards, config, gold=gold)
     history = trainer.train()
-    trainer.save(config.output_dir, card={"policy": args.policy, "reward_model": args.reward_model,
-                                          "reward": args.reward, "kappa": args.kappa, "prompts": args.prompts})
+    trainer.save(config.output_dir, card={"policy": args.policy, "reward_model": " ".join(args.reward_model),
+                                          "reward": args.reward, "kappa": args.kappa, "ensemble": args.ensemble,
+                                          "ensemble_k": args.ensemble_k, "prompts": args.prompts})
     return {**history[-1], "output_dir": config.output_dir}
 
 

@@ -2,8 +2,8 @@
 
 - ``GoldJudge``: the synthetic task's gold return (the true reward there).
 - ``RewardModelJudge``: any reward model avalign loads (AVA with "last" or "sum" scoring, Bradley-Terry, the
-  Preference Transformer = a TQR model with "sum"), e.g. a held-out judge trained on more data than the compared
-  systems saw.
+  Preference Transformer = a TQR model with "sum"; AVA optionally pessimistic) or an ensemble of them, e.g. a
+  held-out judge trained on more data than the compared systems saw.
 - ``LLMJudge``: a model behind any OpenAI-compatible ``/v1/chat/completions`` endpoint, asked in both orders.
 
 Score-based judges call a tie when the scores differ by at most ``margin``. ``win_rates`` turns outcomes into
@@ -116,12 +116,14 @@ class GoldJudge(ScoreJudge):
 
 
 class RewardModelJudge(ScoreJudge):
-    """A reward model's sequence score ("last" or "sum"); a tie when the scores differ by at most margin."""
+    """A reward model's sequence score ("last" or "sum"), or an ensemble's (several paths, ``ensemble=...``); a tie
+    when the scores differ by at most margin. ``reward_model_kwargs`` go to ``load_reward_models``."""
 
-    def __init__(self, path: str, scoring: str | None = None, margin: float = 0.0, **reward_model_kwargs):
-        from ..reward_model import load_reward_model
+    def __init__(self, path: str | list[str], scoring: str | None = None, margin: float = 0.0,
+                 **reward_model_kwargs):
+        from ..reward_model import load_reward_models
 
-        super().__init__(reward_model_scorer(load_reward_model(path, **reward_model_kwargs), scoring), margin)
+        super().__init__(reward_model_scorer(load_reward_models(path, **reward_model_kwargs), scoring), margin)
 
 
 JUDGE_SYSTEM_PROMPT = "You are an impartial judge of the quality of AI assistants' responses."

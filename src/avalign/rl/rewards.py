@@ -1,6 +1,6 @@
 """Rewards for policy optimisation: one reward per response token, from an AVA reward model (dense, with its
-uncertainty), a Bradley-Terry model (one number at the end) or the synthetic task's gold reward; and AVA sequence
-scores as a reward function for TRL's GRPOTrainer and RLOOTrainer.
+uncertainty), a Bradley-Terry model or an ensemble (one number at the end) or the synthetic task's gold reward; and
+any of these reward models' sequence scores as a reward function for TRL's GRPOTrainer and RLOOTrainer.
 
 A token-reward source maps the policy's token ids, ``token_rewards(prompt_ids, response_ids)``, to one float tensor
 per response, as long as the response. Responses are what the policy sampled: they end with EOS, or stop at the
@@ -18,7 +18,9 @@ from trl.data_utils import maybe_apply_chat_template
 from ..data.synthetic import SyntheticTask
 from ..data.tokenize import ensure_pad_token, prompt_ids as tokenize_prompt
 from ..errors import ConfigError, DataError
-from ..reward_model import AVARewardModel, BTRewardModel, load_reward_model, token_rewards
+from ..reward_model import AVARewardModel, BTRewardModel, EnsembleRewardModel, load_reward_model
+
+RewardModel = AVARewardModel | BTRewardModel | EnsembleRewardModel
 
 REWARDS = ("dense", "sum", "last")
 
@@ -49,13 +51,13 @@ def _with_eos(response: list[int], eos_token_id: int) -> list[int]:
 
 @torch.no_grad()
 def reward_model_token_rewards(
-    reward_model: AVARewardModel | BTRewardModel, prompt_ids: list[list[int]], response_ids: list[list[int]], *,
-    reward: str, kappa: float = 0.0,
+    reward_model: RewardModel, prompt_ids: list[list[int]], response_ids: list[list[int]], *, reward: str,
 ) -> list[torch.Tensor]:
     """Token rewards of (prompt, response) token-id rows in the reward model's vocabulary, placed by ``reward``.
 
-    An AVA model gives ``reward_model.token_rewards`` per token; a Bradley-Terry model one score at the last token. Rows
-    are scored whole (the reward model's ``max_length`` is not applied), in its batches."""
+    An AVA model gives its ``token_reward`` reading per token (``token_rewards`` under its kappa); a Bradley-Terry
+    model or an ensemble one score at the last token. Rows are scored whole (the reward model's ``max_length`` is not
+    applied), in its batches."""
     eos = reward_model.tokenizer.eos_token_id
     rows = []
     for start in range(0, len(prompt_ids), reward_model.batch_size):
@@ -63,9 +65,7 @@ def reward_model_token_rewards(
                     for p, r in zip(prompt_ids[start:start + reward_model.batch_size],
                                     response_ids[start:start + reward_model.batch_size])]
         if isinstance(reward_model, AVARewardModel):
-            out = reward_model.forward_features(features)
-            per_token = token_rewards(out, kappa)
-            rows += [values[valid].cpu() for values, valid in zip(per_token, out.mask)]
+            rows += reward_model.token_readings(features)["token_reward"]
         else:
             for score, feature in zip(reward_model.forward_features(features).cpu(), features):
                 row = torch.zeros(len(feature["completion_ids"]))
@@ -74,38 +74,46 @@ def reward_model_token_rewards(
     return [fold_appended_eos(place_rewards(r, reward), len(response)) for r, response in zip(rows, response_ids)]
 
 
-def check_reward_options(reward_model: AVARewardModel | BTRewardModel, reward: str, kappa: float) -> None:
-    """Bradley-Terry models give one number per sequence and no uncertainty: ``last`` only, kappa 0."""
+def check_reward_options(reward_model: RewardModel, reward: str) -> None:
+    """Bradley-Terry models and ensembles give one number per sequence: ``last`` only."""
     if reward not in REWARDS:
         raise ConfigError(f"unknown reward '{reward}'; expected one of {REWARDS}")
-    if kappa < 0:
-        raise ConfigError(f"kappa must be >= 0 (a pessimistic lower bound), got {kappa}")
-    if isinstance(reward_model, BTRewardModel) and (reward != "last" or kappa != 0):
-        raise ConfigError(f"a Bradley-Terry reward model gives one score per sequence and no sigma: use reward "
-                          f"'last' and kappa 0 (got reward '{reward}', kappa {kappa}); dense and pessimistic "
-                          "rewards need an AVA reward model")
+    if reward != "last" and not isinstance(reward_model, AVARewardModel):
+        kind = "an ensemble" if isinstance(reward_model, EnsembleRewardModel) else "a Bradley-Terry reward model"
+        raise ConfigError(f"{kind} gives one score per sequence: use reward 'last' (got '{reward}'); dense and "
+                          "summed token rewards need an AVA reward model")
+
+
+def loaded_reward_model(reward_model: RewardModel | str, kappa: float | None, **kwargs) -> RewardModel:
+    """``reward_model`` itself, or the one at a path loaded with ``kappa`` (None: 0). A loaded model scores under the
+    kappa it was built with, so a kappa given beside it is refused rather than silently ignored."""
+    if isinstance(reward_model, str):
+        try:
+            return load_reward_model(reward_model, kappa=kappa or 0.0, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load a reward model from '{reward_model}': {exc}") from exc
+    if kappa is not None:
+        raise ConfigError(f"kappa {kappa} beside a loaded reward model: build it with its kappa instead "
+                          "(AVARewardModel(..., kappa=...) or load_reward_models(..., kappa=...))")
+    return reward_model
 
 
 class RewardModelRewards:
-    """Token rewards from an AVA or Bradley-Terry reward model that shares the policy's tokenizer (the policy's token
-    ids are scored as they are, so dense rewards land on the tokens that earned them)."""
+    """Token rewards from an AVA or Bradley-Terry reward model or an ensemble that shares the policy's tokenizer (the
+    policy's token ids are scored as they are, so dense rewards land on the tokens that earned them). ``kappa`` (and
+    ``device``) apply when ``reward_model`` is a path; a loaded AVA model carries its own."""
 
-    def __init__(self, reward_model: AVARewardModel | BTRewardModel | str, policy_tokenizer: PreTrainedTokenizerBase,
-                 *, reward: str = "dense", kappa: float = 0.0, device: str | None = None):
-        if isinstance(reward_model, str):
-            try:
-                reward_model = load_reward_model(reward_model, device=device)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot load a reward model from '{reward_model}': {exc}") from exc
-        check_reward_options(reward_model, reward, kappa)
+    def __init__(self, reward_model: RewardModel | str, policy_tokenizer: PreTrainedTokenizerBase,
+                 *, reward: str = "dense", kappa: float | None = None, device: str | None = None):
+        reward_model = loaded_reward_model(reward_model, kappa, device=device)
+        check_reward_options(reward_model, reward)
         if reward_model.tokenizer.get_vocab() != policy_tokenizer.get_vocab():
             raise ConfigError("the reward model's tokenizer differs from the policy's: PPO scores the policy's token "
                               "ids directly, so both must share one vocabulary")
-        self.reward_model, self.reward, self.kappa = reward_model, reward, kappa
+        self.reward_model, self.reward = reward_model, reward
 
     def token_rewards(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[torch.Tensor]:
-        return reward_model_token_rewards(self.reward_model, prompt_ids, response_ids, reward=self.reward,
-                                          kappa=self.kappa)
+        return reward_model_token_rewards(self.reward_model, prompt_ids, response_ids, reward=self.reward)
 
 
 class GoldRewards:
@@ -155,37 +163,44 @@ class GoldRewards:
         return rewards
 
 
-class AVARewardFunction:
-    """An AVA reward model as a reward function for TRL's GRPOTrainer and RLOOTrainer
-    (``reward_funcs=[AVARewardFunction(path)]``): each completion's sequence score, ``last`` or ``sum`` (Eq. 19;
-    default: the score the model was trained to rank by), optionally pessimistic (``kappa``).
+class RewardModelFunction:
+    """A reward model's sequence scores as a reward function for TRL's GRPOTrainer and RLOOTrainer
+    (``reward_funcs=[RewardModelFunction(path)]``): an AVA model's ``last`` or ``sum`` (Eq. 19; default: the score
+    the model was trained to rank by), optionally pessimistic (``kappa``, with a path; a loaded model carries its
+    own), a Bradley-Terry model's score, or an ensemble's aggregate (pass ``load_reward_models(paths, ensemble)``).
 
     TRL calls it as ``f(prompts=..., completions=..., completion_ids=..., **dataset_columns)`` with text (or
-    conversational messages) and names its logged column after ``__name__``. Texts are tokenised with the reward
-    model's tokenizer exactly as for scoring, except that an empty completion is scored as EOS alone instead of
-    being an error (a policy may stop at once)."""
+    conversational messages) and names its logged column after ``__name__`` (``ava_sum``, ``ava_sum_kappa0.5``,
+    ``bt_last``, ``ensemble_worst``). Texts are tokenised with the reward model's tokenizer exactly as for scoring,
+    except that an empty completion is scored as EOS alone instead of being an error (a policy may stop at once)."""
 
-    def __init__(self, reward_model: AVARewardModel | str, *, scoring: str | None = None, kappa: float = 0.0):
-        if isinstance(reward_model, str):
-            reward_model = AVARewardModel.from_pretrained(reward_model)
-        if not isinstance(reward_model, AVARewardModel):
-            raise ConfigError("AVARewardFunction needs an AVA reward model; pass a Bradley-Terry model to TRL directly")
+    def __init__(self, reward_model: RewardModel | str, *, scoring: str | None = None, kappa: float | None = None):
+        reward_model = loaded_reward_model(reward_model, kappa)
         scoring = scoring or reward_model.scorings[0]  # the score the model was trained to rank by
-        if scoring not in AVARewardModel.scorings:
-            raise ConfigError(f"unknown scoring '{scoring}'; expected one of {AVARewardModel.scorings}")
-        check_reward_options(reward_model, scoring, kappa)
-        self.reward_model, self.scoring, self.kappa = reward_model, scoring, kappa
-        self.__name__ = f"ava_{scoring}" + (f"_kappa{kappa:g}" if kappa else "")
+        if scoring not in reward_model.scorings:
+            raise ConfigError(f"scoring '{scoring}' is not offered by this reward model; choose one of "
+                              f"{reward_model.scorings}")
+        # AVA scorings are placements of its token rewards; the others give their one score at the last token
+        self.reward = scoring if isinstance(reward_model, AVARewardModel) else "last"
+        check_reward_options(reward_model, self.reward)
+        self.reward_model, self.scoring = reward_model, scoring
+        if isinstance(reward_model, AVARewardModel):
+            self.__name__ = f"ava_{scoring}" + (f"_kappa{reward_model.kappa:g}" if reward_model.kappa else "")
+        else:
+            self.__name__ = ("ensemble_" if isinstance(reward_model, EnsembleRewardModel) else "bt_") + scoring
 
     def _encode(self, prompt, completion) -> tuple[list[int], list[int]]:
         tokenizer = ensure_pad_token(self.reward_model.tokenizer)
         example = maybe_apply_chat_template({"prompt": prompt, "completion": completion}, tokenizer)
         completion_ids = tokenizer(example["completion"], add_special_tokens=False)["input_ids"]
-        return (tokenize_prompt(tokenizer, example["prompt"], self.reward_model.model.is_encoder_decoder),
+        return (tokenize_prompt(tokenizer, example["prompt"], self.reward_model.is_encoder_decoder),
                 completion_ids + [tokenizer.eos_token_id])
 
     def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
         encoded_prompts, encoded_completions = zip(*(self._encode(p, c) for p, c in zip(prompts, completions)))
         rewards = reward_model_token_rewards(self.reward_model, list(encoded_prompts), list(encoded_completions),
-                                             reward=self.scoring, kappa=self.kappa)
+                                             reward=self.reward)
         return [float(r.sum()) for r in rewards]
+
+
+AVARewardFunction = RewardModelFunction  # the name it had while it served AVA models only
