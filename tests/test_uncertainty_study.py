@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from avalign.studies.uncertainty import apply_calibration, bon_curve, bon_kl, calibration, sequence_scores
+from avalign.studies.proxies import bon_kl
+from avalign.studies.uncertainty import apply_calibration, bon_curve, calibration, sequence_scores
 
 
 def test_best_of_n_curve_equals_the_mean_over_every_subset():

@@ -29,33 +29,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .proxies import ENSEMBLES, MEMBERS, PPO_REWARDS, ensemble_members
+from .uncertainty_report import write_report
 from .reward_modeling import StudyConfig, _unit_key, make_pool, prepare_unit, run_cell, run_jobs, set_worker_threads, \
     unit_path
-
-MEMBERS = 5  # ensemble size (Coste et al. use 5)
-ENSEMBLES = ("bt-ens", "bt-ens-small")  # 5 BT models of the full budget each, and of a fifth of it each
-
-
-def ensemble_members(ensemble: str) -> list[str]:
-    """The trained models of an ensemble: BT itself and four more seeds, or five models of a fifth of the steps."""
-    if ensemble == "bt-ens":
-        return ["bt", *[f"bt-m{m}" for m in range(1, MEMBERS)]]
-    return [f"bt-small-m{m}" for m in range(MEMBERS)]
-# PPO reward -> (model, placement, pessimism): "kappa" and "k" are the values chosen on the development datasets
-PPO_REWARDS = {
-    "bt": ("bt", "sum", None),  # the score less the prompt's, on the last token
-    "bt-prefix": ("bt", "dense", None),  # prefix differences (RED)
-    "bt-ens-mean": ("bt-ens", "mean", None),
-    "bt-ens-worst": ("bt-ens", "worst", None),
-    "bt-ens-lcb": ("bt-ens", "lcb", "k"),
-    "preftrans": ("preftrans", "dense", None),
-    "preftrans-sum": ("preftrans", "sum", None),
-    "ava-p": ("ava-p", "dense", None),
-    "ava-p-sum": ("ava-p", "sum", None),
-    "ava-p-pess": ("ava-p", "dense", "kappa"),
-    "dpo": ("dpo", "dense", None),  # DPO's implicit reward per token (RTO)
-}
-
 
 @dataclass
 class UncertaintyConfig(StudyConfig):
@@ -213,11 +190,6 @@ def bon_curve(proxy: np.ndarray, gold: np.ndarray, sizes: list[int]) -> dict[str
         curve["gold"].append(float((gold_sorted @ weight).mean()))
         curve["proxy"].append(float((proxy_sorted @ weight).mean()))
     return curve
-
-
-def bon_kl(size: int) -> float:
-    """KL(best-of-N || base policy) = log N - (N - 1) / N (Stiennon et al. 2020; Gao et al. 2022's x axis)."""
-    return float(np.log(size) - (size - 1) / size)
 
 
 def aggregate(scores: np.ndarray, ensemble: str, k: float = 1.0) -> np.ndarray:
@@ -462,8 +434,6 @@ def _key(spec, backbone, name: str, seed: int) -> str:
 def run_study(config: UncertaintyConfig, progress: bool = True, command: str | None = None) -> dict:
     """Prepare units, train every model, analyse each unit, choose kappa and k on the development units, run the
     PPO cells, and write results.json, results.md and the plots."""
-    from .uncertainty_report import write_report
-
     out = Path(config.output_dir)
     (out / "cache").mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import pyplot
 from .report import seed_interval
-from .uncertainty import ENSEMBLES, PPO_REWARDS, bon_kl
+from .proxies import ENSEMBLES, PPO_REWARDS, bon_kl
 
 LABELS = {
     "bt": "BT", "bt-ens-mean": "BT ens. x5 (mean)", "bt-ens-worst": "BT ens. x5 (worst)",
