@@ -78,21 +78,50 @@ def test_kappa_lowers_each_token_reward_by_kappa_sigma(reward_model, tokenizer, 
         assert min(sigma) > 0
 
 
-def test_bradley_terry_models_offer_last_only(tokenizer, episodes):
+def test_bradley_terry_rewards_are_its_score_at_the_end_or_its_prefix_differences(tokenizer, episodes):
     prompts, prompt_ids, responses, texts = episodes
     config = tiny_backbone("gpt2", tokenizer, seed=2).config
     config.num_labels = 1
     torch.manual_seed(2)
     bt = BTRewardModel(AutoModelForSequenceClassification.from_config(config), tokenizer)
-    for reward in ("dense", "sum"):
-        with pytest.raises(ConfigError, match="Bradley-Terry"):
-            RewardModelRewards(bt, tokenizer, reward=reward)
+    # dense (RED): score of each response prefix less the previous one's, computed here one prefix at a time
+    dense = RewardModelRewards(bt, tokenizer, reward="dense").token_rewards(prompt_ids, responses)
+    summed = RewardModelRewards(bt, tokenizer, reward="sum").token_rewards(prompt_ids, responses)
+    for rewards, total, prompt, response in zip(dense, summed, prompt_ids, responses):
+        full = response if response[-1] == tokenizer.eos_token_id else response + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            prefix_scores = [float(bt.model(input_ids=torch.tensor([prompt + full[:t]])).logits[0, 0])
+                             for t in range(len(full) + 1)]
+        expected = [b - a for a, b in zip(prefix_scores, prefix_scores[1:])]
+        if len(full) > len(response):  # the appended EOS's difference goes to the last sampled token
+            expected = expected[:-2] + [expected[-2] + expected[-1]]
+        assert rewards.tolist() == pytest.approx(expected, abs=1e-4)
+        assert float(total[-1]) == pytest.approx(prefix_scores[-1] - prefix_scores[0], abs=1e-4)
     with pytest.raises(ConfigError, match="kappa 1.0 beside a loaded reward model"):  # it would not be applied
         RewardModelRewards(bt, tokenizer, reward="last", kappa=1.0)
     rows = RewardModelRewards(bt, tokenizer, reward="last").token_rewards(prompt_ids, responses)
     expected = bt.sequence_scores(prompts, texts)["last"]
     assert [float(r[-1]) for r in rows] == pytest.approx(expected, abs=1e-5)
     assert all(torch.count_nonzero(r[:-1]) == 0 for r in rows)
+
+
+def test_dpo_implicit_rewards_per_token_are_beta_times_the_log_ratio(tokenizer, episodes):
+    from avalign.reward_model import DPOImplicitRewardModel
+
+    prompts, prompt_ids, responses, texts = episodes
+    policy, reference = tiny_backbone("gpt2", tokenizer, seed=5), tiny_backbone("gpt2", tokenizer, seed=6)
+    rows = RewardModelRewards(DPOImplicitRewardModel(policy, reference, tokenizer, beta=0.3), tokenizer,
+                              reward="dense").token_rewards(prompt_ids, responses)
+    for rewards, prompt, response in zip(rows, prompt_ids, responses):
+        full = response if response[-1] == tokenizer.eos_token_id else response + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + full])
+        with torch.no_grad():
+            ratio = [float(m(input_ids=ids).logits[0, len(prompt) - 1 + t].log_softmax(-1)[full[t]]) for t in
+                     range(len(full)) for m in (policy, reference)]
+        expected = [0.3 * (ratio[2 * t] - ratio[2 * t + 1]) for t in range(len(full))]
+        if len(full) > len(response):
+            expected = expected[:-2] + [expected[-2] + expected[-1]]
+        assert rewards.tolist() == pytest.approx(expected, abs=1e-4)
 
 
 def test_an_ensemble_puts_the_aggregate_of_its_members_on_the_last_token(tokenizer, episodes):

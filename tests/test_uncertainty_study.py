@@ -51,6 +51,8 @@ def test_sequence_scores_of_pessimism_and_ensembles():
     members = {"bt": [3.0, 1.0], "bt-m1": [1.0, 1.0], "bt-m2": [2.0, 4.0], "bt-m3": [2.0, 1.0], "bt-m4": [2.0, 3.0]}
     members.update({f"bt-small-m{m}": [float(m), 0.0] for m in range(5)})
     values.update({name: [np.array([s]) for s in scores] for name, scores in members.items()})
+    # BT's own score, when given, is what it ranks and aggregates by (not the sum of its prefix differences)
+    values["bt"], values["bt/score"] = [np.array([0.0, 9.0]), np.array([5.0])], values["bt"]
     scores = sequence_scores(values, kappas=[0.0, 0.5], ks=[1.0])
     assert scores["ava-p@0"].tolist() == [3.0, 0.5] and scores["ava-p@0.5"].tolist() == [2.0, -1.5]
     table = np.array([members[m] for m in ("bt", "bt-m1", "bt-m2", "bt-m3", "bt-m4")])

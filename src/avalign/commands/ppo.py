@@ -29,9 +29,10 @@ class PPOArguments:
     reward_model: list[str] = field(metadata={"help": "A reward model directory (AVA/TQR or Bradley-Terry) sharing "
                                               "the policy's tokenizer, several with --ensemble, or 'gold': the "
                                               "synthetic task's gold reward."})
-    reward: str = field(default="dense", metadata={"help": "dense: a reward at every token (AVA only); sum: the "
-                                                   "sequence reward on the last token; last: the last token's reward "
-                                                   "(Bradley-Terry models and ensembles: their score).",
+    reward: str = field(default="dense", metadata={"help": "dense: a reward at every token (AVA: w*mu - kappa*sigma; "
+                                                   "Bradley-Terry: prefix differences); sum: their total on the last "
+                                                   "token; last: the last token's reward (Bradley-Terry models and "
+                                                   "ensembles: their score).",
                                                    "choices": list(REWARDS)})
     kappa: float = field(default=0.0, metadata={"help": KAPPA_HELP})
     ensemble: str | None = field(default=None, metadata={"help": ENSEMBLE_HELP + " Needs --reward last.",

@@ -18,9 +18,9 @@ from trl.data_utils import maybe_apply_chat_template
 from ..data.synthetic import SyntheticTask
 from ..data.tokenize import ensure_pad_token, prompt_ids as tokenize_prompt
 from ..errors import ConfigError, DataError
-from ..reward_model import AVARewardModel, BTRewardModel, EnsembleRewardModel, load_reward_model
+from ..reward_model import AVARewardModel, BTRewardModel, DPOImplicitRewardModel, EnsembleRewardModel, load_reward_model
 
-RewardModel = AVARewardModel | BTRewardModel | EnsembleRewardModel
+RewardModel = AVARewardModel | BTRewardModel | DPOImplicitRewardModel | EnsembleRewardModel
 
 REWARDS = ("dense", "sum", "last")
 
@@ -55,17 +55,19 @@ def reward_model_token_rewards(
 ) -> list[torch.Tensor]:
     """Token rewards of (prompt, response) token-id rows in the reward model's vocabulary, placed by ``reward``.
 
-    An AVA model gives its ``token_reward`` reading per token (``token_rewards`` under its kappa); a Bradley-Terry
-    model or an ensemble one score at the last token. Rows are scored whole (the reward model's ``max_length`` is not
-    applied), in its batches."""
+    Per token, each model's first ``token_readings``: an AVA model's ``token_reward`` (``token_rewards`` under its
+    kappa), a Bradley-Terry model's prefix differences (RED: they sum to its score less the prompt's), DPO's implicit
+    reward (RTO). A Bradley-Terry model under ``last`` and an ensemble give their score on the last token instead.
+    Rows are scored whole (the reward model's ``max_length`` is not applied), in its batches."""
     eos = reward_model.tokenizer.eos_token_id
     rows = []
     for start in range(0, len(prompt_ids), reward_model.batch_size):
         features = [{"prompt_ids": p, "completion_ids": _with_eos(r, eos)}
                     for p, r in zip(prompt_ids[start:start + reward_model.batch_size],
                                     response_ids[start:start + reward_model.batch_size])]
-        if isinstance(reward_model, AVARewardModel):
-            rows += reward_model.token_readings(features)["token_reward"]
+        if not isinstance(reward_model, EnsembleRewardModel) and not (
+                isinstance(reward_model, BTRewardModel) and reward == "last"):
+            rows += next(iter(reward_model.token_readings(features).values()))
         else:
             for score, feature in zip(reward_model.forward_features(features).cpu(), features):
                 row = torch.zeros(len(feature["completion_ids"]))
@@ -75,13 +77,12 @@ def reward_model_token_rewards(
 
 
 def check_reward_options(reward_model: RewardModel, reward: str) -> None:
-    """Bradley-Terry models and ensembles give one number per sequence: ``last`` only."""
+    """Ensembles give one number per sequence: ``last`` only."""
     if reward not in REWARDS:
         raise ConfigError(f"unknown reward '{reward}'; expected one of {REWARDS}")
-    if reward != "last" and not isinstance(reward_model, AVARewardModel):
-        kind = "an ensemble" if isinstance(reward_model, EnsembleRewardModel) else "a Bradley-Terry reward model"
-        raise ConfigError(f"{kind} gives one score per sequence: use reward 'last' (got '{reward}'); dense and "
-                          "summed token rewards need an AVA reward model")
+    if reward != "last" and isinstance(reward_model, EnsembleRewardModel):
+        raise ConfigError(f"an ensemble gives one score per sequence: use reward 'last' (got '{reward}'); dense and "
+                          "summed token rewards need one AVA, Bradley-Terry or DPO reward model")
 
 
 def loaded_reward_model(reward_model: RewardModel | str, kappa: float | None, **kwargs) -> RewardModel:

@@ -116,8 +116,10 @@ def sample_candidates(backbone_path: str, tokenizer, prompts: list[list[int]], n
     return responses
 
 
-def _load_scorers(config: UncertaintyConfig, unit: Path, prep: dict, names: list[str] | None = None) -> dict:
-    """The unit's trained models (``names``, default all) as scorers; DPO's reference is the unit's backbone."""
+def _load_scorers(config: UncertaintyConfig, unit: Path, prep: dict, names: list[str] | None = None,
+                  kappa: float = 0.0) -> dict:
+    """The unit's trained models (``names``, default all) as scorers, AVA's under ``kappa``; DPO's reference is the
+    unit's backbone."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..reward_model import AVARewardModel, BTRewardModel, DPOImplicitRewardModel
@@ -138,24 +140,25 @@ def _load_scorers(config: UncertaintyConfig, unit: Path, prep: dict, names: list
                                                    AutoTokenizer.from_pretrained(path),
                                                    beta=AVAConfig.__dataclass_fields__["dpo_beta"].default, **kwargs)
         else:
-            scorers[name] = AVARewardModel.from_pretrained(path, **kwargs)
+            scorers[name] = AVARewardModel.from_pretrained(path, kappa=kappa, **kwargs)
     return scorers
 
 
 def token_values(scorers: dict, features: list[dict]) -> dict[str, list[np.ndarray]]:
     """Per response token (EOS included), for every model: ``<bt name>`` prefix differences (they sum to the
-    response's score less the prompt's), ``ava-p``/``preftrans`` w*mu, ``<name>/sigma`` and ``<name>/weight``,
-    ``dpo`` the implicit reward. One array per row of ``features``."""
+    response's score less the prompt's) and ``<bt name>/score`` (its score, one value), ``ava-p``/``preftrans`` w*mu,
+    ``<name>/sigma`` and ``<name>/weight``, ``dpo`` the implicit reward. One array per row of ``features``."""
     from ..reward_model import AVARewardModel, BTRewardModel, token_rewards
 
     values: dict[str, list[np.ndarray]] = {}
     batch = 64
     for name, scorer in scorers.items():
-        rows, sigmas, weights = [], [], []
+        rows, sigmas, weights, scores = [], [], [], []
         for start in range(0, len(features), batch):
             chunk = features[start:start + batch]
             if isinstance(scorer, BTRewardModel):
                 rows += [r.numpy() for r in scorer.prefix_rewards(chunk)]
+                scores += [np.array([s]) for s in scorer.forward_features(chunk).float().cpu().tolist()]
             elif isinstance(scorer, AVARewardModel):
                 out = scorer.forward_features(chunk)
                 for m, s, w, valid in zip(token_rewards(out), out.reward_log_std.exp(), out.reward_weights, out.mask):
@@ -167,6 +170,8 @@ def token_values(scorers: dict, features: list[dict]) -> dict[str, list[np.ndarr
         values[name] = rows
         if sigmas:
             values[f"{name}/sigma"], values[f"{name}/weight"] = sigmas, weights
+        if scores:
+            values[f"{name}/score"] = scores
     return values
 
 
@@ -253,10 +258,11 @@ def _posteriors(values: dict, n_rows: int) -> dict[str, tuple[list, list]]:
 
 
 def sequence_scores(values: dict, kappas: list[float], ks: list[float]) -> dict[str, np.ndarray]:
-    """Every proxy's sequence score of the rows ``values`` covers: each model's sum of token values (BT: its score
-    less the prompt's, which ranks responses to one prompt as the score does); AVA at each kappa,
-    sum(w mu - kappa sigma) (``token_rewards``); each ensemble's mean, worst and mean - k std at each k."""
-    scores = {name: np.array([v.sum() for v in rows]) for name, rows in values.items() if "/" not in name}
+    """Every proxy's sequence score of the rows ``values`` covers: each model's sum of token values (BT: its own
+    score when given); AVA at each kappa, sum(w mu - kappa sigma) (``token_rewards``); each ensemble's mean, worst
+    and mean - k std (``aggregate_scores``, as ``EnsembleRewardModel``) at each k."""
+    scores = {name: np.array([v.sum() for v in values.get(f"{name}/score", rows)]) for name, rows in values.items()
+              if "/" not in name}
     if "ava-p/sigma" in values:
         sigma_sums = np.array([s.sum() for s in values["ava-p/sigma"]])
         for kappa in kappas:
@@ -348,40 +354,23 @@ def analyse_unit(config: UncertaintyConfig, spec, seed: int, directory: str) -> 
     return result
 
 
-class StudyRewards:
-    """A PPO token-reward source over ``token_values``: one of ``PPO_REWARDS`` with its chosen kappa or k."""
+def ppo_rewards(scorers: dict, reward: str, pessimism: float, tokenizer):
+    """The library's PPO token-reward source for one of ``PPO_REWARDS``: its model (an AVA model already carries
+    its kappa), or an ensemble of its members under the chosen k, placed as the reward says."""
+    from ..reward_model import EnsembleRewardModel
+    from ..rl.rewards import RewardModelRewards
 
-    def __init__(self, scorers: dict, reward: str, pessimism: float, eos_token_id: int):
-        self.model, self.placement, _ = PPO_REWARDS[reward]
-        self.scorers = {name: scorers[name] for name in self.models_of(reward)}
-        self.pessimism, self.eos = pessimism, eos_token_id
+    model, placement, _ = PPO_REWARDS[reward]
+    if model in ENSEMBLES:
+        members = ensemble_members(model)
+        source = EnsembleRewardModel([scorers[m] for m in members], placement, pessimism or 1.0, names=members)
+        return RewardModelRewards(source, tokenizer, reward="last")
+    return RewardModelRewards(scorers[model], tokenizer, reward=placement)
 
-    @staticmethod
-    def models_of(reward: str) -> list[str]:
-        model = PPO_REWARDS[reward][0]
-        return ensemble_members(model) if model in ENSEMBLES else [model]
 
-    def token_rewards(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list:
-        import torch
-
-        from ..rl.rewards import fold_appended_eos, place_rewards
-
-        features = [{"prompt_ids": p, "completion_ids": r if r[-1] == self.eos else r + [self.eos]}
-                    for p, r in zip(prompt_ids, response_ids)]
-        with torch.no_grad():
-            values = token_values(self.scorers, features)
-        if self.model in ENSEMBLES:
-            members = np.stack([[v.sum() for v in values[m]] for m in self.scorers])
-            totals = aggregate(members, self.placement, self.pessimism)
-            rows = [np.concatenate([np.zeros(len(f["completion_ids"]) - 1), [t]]) for f, t in zip(features, totals)]
-            placement = "dense"
-        else:
-            rows = values[self.model]
-            if f"{self.model}/sigma" in values:
-                rows = [m - self.pessimism * s for m, s in zip(rows, values[f"{self.model}/sigma"])]
-            placement = self.placement
-        return [fold_appended_eos(place_rewards(torch.as_tensor(row, dtype=torch.float32), placement), len(response))
-                for row, response in zip(rows, response_ids)]
+def ppo_models(reward: str) -> list[str]:
+    model = PPO_REWARDS[reward][0]
+    return ensemble_members(model) if model in ENSEMBLES else [model]
 
 
 def ppo_cell(config: UncertaintyConfig, spec, reward: str, pessimism: float, seed: int, directory: str,
@@ -397,8 +386,9 @@ def ppo_cell(config: UncertaintyConfig, spec, reward: str, pessimism: float, see
     unit = Path(directory)
     prep = json.loads((unit / "prep.json").read_text())
     tokenizer = AutoTokenizer.from_pretrained(str(unit / "tokenizer"))
-    scorers = _load_scorers(config, unit, prep, StudyRewards.models_of(reward))
-    rewards = StudyRewards(scorers, reward, pessimism, tokenizer.eos_token_id)
+    kappa = pessimism if PPO_REWARDS[reward][2] == "kappa" else 0.0
+    rewards = ppo_rewards(_load_scorers(config, unit, prep, ppo_models(reward), kappa=kappa), reward, pessimism,
+                          tokenizer)
     prompts = list(dict.fromkeys(tokenizer.decode(p, skip_special_tokens=True)
                                  for p in load_from_disk(str(unit / "train_pairs"))["prompt_ids"]))
     policy = AutoModelForCausalLM.from_pretrained(unit_path(unit, prep["backbone_path"]))
