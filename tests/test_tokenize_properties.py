@@ -38,6 +38,9 @@ def test_tokenize_and_collate_or_data_error(cols, rows, max_length, too_long, se
     except DataError:
         return
     assert report.rows_in == len(rows) and report.rows_out == len(tokenized) == report.rows_in - report.dropped_too_long
+    response_columns = [c for c in tokenized.column_names if c != "prompt_ids"]
+    # truncated or not, every response ends with EOS, as every response a reward model scores in use does
+    assert all(r[-1] == TOKENIZER.eos_token_id for c in response_columns for r in tokenized[c])
     keys = ("chosen", "rejected") if "rejected_ids" in tokenized.column_names else ("completion",)
     batch = collate_sequences(list(tokenized), keys, TOKENIZER.pad_token_id, seq2seq, decoder_start_token_id=1)
     rows_out = len(tokenized) * len(keys)

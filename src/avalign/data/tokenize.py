@@ -6,8 +6,8 @@ Rows are preference (prompt/chosen/rejected) or demonstration (prompt/completion
 
 Truncation (``max_length`` bounds prompt + response for causal LMs, and each side for encoder-decoders):
 the prompt loses tokens from its *start* (the end of the prompt is what the response answers), but never below
-``min(len(prompt), max_length // 2)`` tokens; a response that still does not fit is cut from its end
-(``too_long="truncate"``) or the row is dropped (``too_long="drop"``). Both are counted in the report.
+``min(len(prompt), max_length // 2)`` tokens; a response that still does not fit is cut from its end, keeping its
+final EOS (``too_long="truncate"``), or the row is dropped (``too_long="drop"``). Both are counted in the report.
 """
 
 from __future__ import annotations
@@ -95,16 +95,23 @@ def _check_text_or_messages(value, source: str, row: int, field: str) -> None:
                     path=source, row=row, field=field)
 
 
+def _cut_keeping_eos(response: list[int], budget: int) -> list[int]:
+    """A response (ending with EOS) in at most ``budget`` tokens: cut at the end, its EOS kept last. Every response a
+    reward model scores in use ends with EOS (PPO and scoring append one to a response cut at the length limit), so
+    training must not teach it that a final EOS marks the short responses (the ones that were not cut)."""
+    return response if len(response) <= budget else response[: budget - 1] + response[-1:]
+
+
 def _fit(prompt: list[int], responses: list[list[int]], max_length: int, is_encoder_decoder: bool):
     """Apply the truncation rule; returns (prompt, responses, prompt_cut, response_cut)."""
     if is_encoder_decoder:  # the prompt is the encoder input; decoder = start token + response
         new_prompt = prompt[-max_length:]
-        new_responses = [r[: max_length - 1] for r in responses]
+        new_responses = [_cut_keeping_eos(r, max_length - 1) for r in responses]
     else:
         longest = max(len(r) for r in responses)
         keep = max(max_length - longest, min(len(prompt), max_length // 2))
         new_prompt = prompt[len(prompt) - min(keep, len(prompt)) :]
-        new_responses = [r[: max_length - len(new_prompt)] for r in responses]
+        new_responses = [_cut_keeping_eos(r, max_length - len(new_prompt)) for r in responses]
     response_cut = any(len(a) != len(b) for a, b in zip(new_responses, responses))
     return new_prompt, new_responses, len(new_prompt) != len(prompt), response_cut
 

@@ -28,6 +28,7 @@ PPO_REWARDS = {
     "ava-p-sum": ("ava-p", "sum", None),
     "ava-p-pess": ("ava-p", "dense", "kappa"),
     "dpo": ("dpo", "dense", None),  # DPO's implicit reward per token (RTO)
+    "dpo-sum": ("dpo", "sum", None),
 }
 
 

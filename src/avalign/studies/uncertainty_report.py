@@ -17,6 +17,7 @@ LABELS = {
     "preftrans": "PrefTrans", "ava-p": "AVA-p (mean)", "ava-p-pess": "AVA-p (w mu - kappa sigma)",
     "dpo": "DPO implicit", "gold": "gold (oracle)", "bt-prefix": "BT prefix differences (dense)",
     "preftrans-sum": "PrefTrans (sum on last token)", "ava-p-sum": "AVA-p (sum on last token)",
+    "dpo-sum": "DPO implicit (sum on last token)",
     "bt-ens": "BT ensemble x5 (spread)", "bt-ens-small": "BT ensemble 5 x 1/5 (spread)", "ava-p/sigma": "AVA-p sigma",
 }
 COST = {"bt": 1, "bt-ens": 5, "bt-ens-small": 1, "preftrans": 1, "ava-p": 1, "dpo": 1}
