@@ -70,3 +70,19 @@ def test_map_in_processes_keeps_rows_and_counts_exact(synthetic):
             assert getattr(report, count) == sum(getattr(r, count) for _, r in alone if r is not None)
         assert report.dropped_too_long == sum(r is None for _, r in alone)
         assert len(tokenized) > 0 and (report.dropped_too_long > 0 if too_long == "drop" else report.prompt_truncated > 0)
+
+
+def test_a_truncated_response_keeps_its_final_eos():
+    """The cause of the HH PPO collapse: truncation used to drop the EOS of long responses, so in training a final
+    EOS marked the short, uncut ones (often the rejected), while PPO and scoring append EOS to every response; the
+    reward model learned a negative EOS reward and PPO drove responses to EOS alone."""
+    prompt, long, short = " ".join(WORDS[:4]), " ".join(WORDS[4:20]), " ".join(WORDS[20:22])
+    for seq2seq in (False, True):
+        rows = Dataset.from_list([{"prompt": prompt, "chosen": long, "rejected": short}])
+        tokenized, report = tokenize_dataset(rows, TOKENIZER, max_length=12, is_encoder_decoder=seq2seq)
+        chosen, rejected = tokenized[0]["chosen_ids"], tokenized[0]["rejected_ids"]
+        full = TOKENIZER(long, add_special_tokens=False)["input_ids"]
+        assert report.response_truncated == 1 and len(chosen) < len(full)
+        assert chosen == full[: len(chosen) - 1] + [TOKENIZER.eos_token_id]  # the words that fit, then EOS
+        assert rejected == TOKENIZER(short, add_special_tokens=False)["input_ids"] + [TOKENIZER.eos_token_id]
+        assert len(chosen) == (11 if seq2seq else 12 - len(tokenized[0]["prompt_ids"]))
