@@ -171,3 +171,34 @@ def test_pairwise_accuracy_counts_ties_as_wrong():
 
     assert pairwise_accuracy([1.0, 2.0, 3.0, 0.5], [0.0, 2.0, 4.0, 0.4]) == 0.5  # win, tie, loss, win
     assert math.isnan(pairwise_accuracy([], []))
+
+
+@pytest.mark.parametrize("form", ["logsigmoid", "sigmoid"])
+def test_expected_cer_is_the_posterior_average_of_the_printed_one(form):
+    """cer_expected: E over R+ - R- ~ N(margin, variance) of the CER, against scipy's adaptive quadrature."""
+    from scipy import integrate, stats
+
+    chosen = torch.tensor([0.3, -1.2, 2.0, 0.0], dtype=torch.float64)
+    rejected = torch.tensor([0.1, 0.5, -1.0, 0.0], dtype=torch.float64)
+    variance = torch.tensor([0.0, 0.7, 4.0, 2.5], dtype=torch.float64)
+    link = (lambda x: -math.log1p(math.exp(-x))) if form == "logsigmoid" else (lambda x: 1 / (1 + math.exp(-x)))
+    got = cer_term(chosen, rejected, form, variance)
+    for value, c, r, v in zip(got.tolist(), chosen.tolist(), rejected.tolist(), variance.tolist()):
+        if v == 0:
+            expected = link(c - r)
+        else:
+            expected = integrate.quad(lambda x: link(x) * stats.norm.pdf(x, c - r, math.sqrt(v)), -60, 60)[0]
+        assert value == pytest.approx(expected, abs=1e-6)
+    assert got[0] == cer_term(chosen, rejected, form)[0]  # no variance: the printed term
+
+
+def test_reward_variances_of_both_scores():
+    from avalign.losses import reward_variances
+
+    tensors, mask = random_sequences()
+    got = reward_variances(tensors["reward_log_std"], tensors["reward_weights"], mask)
+    for b in range(mask.shape[0]):
+        positions = mask[b].nonzero().flatten().tolist()
+        terms = [(tensors["reward_weights"][b, i] * tensors["reward_log_std"][b, i].exp()) ** 2 for i in positions]
+        assert got["sum"][b].item() == pytest.approx(sum(t.item() for t in terms))
+        assert got["last"][b].item() == pytest.approx(terms[-1].item())

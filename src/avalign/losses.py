@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -135,14 +136,28 @@ def ava_d_objective(
     )
 
 
-def cer_term(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor, form: str = "sigmoid") -> torch.Tensor:
-    """Eq. 18 (CER), per pair: sigma(E[R | y+] - E[R | y-]) as printed, or its log (``form="logsigmoid"``)."""
+# Gauss-Hermite rule (32 nodes) for expectations under a Gaussian: E[f(x)], x ~ N(m, v), is
+# sum_i weight_i f(m + sqrt(2 v) node_i) / sqrt(pi); exact for polynomials of degree < 64.
+_HERMITE_NODES, _HERMITE_WEIGHTS = (torch.from_numpy(a) for a in np.polynomial.hermite.hermgauss(32))
+
+
+def cer_term(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor, form: str = "sigmoid",
+             margin_variance: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 18 (CER), per pair: sigma(E[R | y+] - E[R | y-]) as printed, or its log (``form="logsigmoid"``).
+
+    ``margin_variance``: the variance of R+ - R- under the reward posterior q. Then the term is its expectation
+    under q, E_q[sigma(R+ - R-)] or E_q[log sigma(R+ - R-)] (the variational reading: the likelihood of the
+    preference averaged over the posterior, as the TD term is), so sigma is trained by the preferences too."""
+    if form not in CER_FORMS:
+        raise ConfigError(f"unknown cer_form '{form}'; expected one of {CER_FORMS}")
+    link = torch.sigmoid if form == "sigmoid" else F.logsigmoid
     margin = chosen_reward - rejected_reward
-    if form == "sigmoid":
-        return torch.sigmoid(margin)
-    if form == "logsigmoid":
-        return F.logsigmoid(margin)
-    raise ConfigError(f"unknown cer_form '{form}'; expected one of {CER_FORMS}")
+    if margin_variance is None:
+        return link(margin)
+    nodes = _HERMITE_NODES.to(margin)
+    weights = _HERMITE_WEIGHTS.to(margin) / math.sqrt(math.pi)
+    points = margin[..., None] + torch.sqrt(2 * margin_variance.clamp(min=0))[..., None] * nodes
+    return (link(points) * weights).sum(-1)
 
 
 def ava_p_objective(
@@ -155,6 +170,7 @@ def ava_p_objective(
     lam: float,
     cer_coef: float = 1.0,
     cer_form: str = "sigmoid",
+    margin_variance: torch.Tensor | None = None,
     use_negative: bool = True,
     use_irl: bool = True,
     use_cer: bool = True,
@@ -163,14 +179,15 @@ def ava_p_objective(
 
     beta * Q(y+) - beta * Q(y-) + sum over both sequences of (lambda * log q_phi(delta) - KL(q_phi || p))
     + cer_coef * CER(chosen_reward, rejected_reward): the expected rewards E[R | y] CER ranks, the last step's
-    weighted reward means as printed, or the weighted returns (``AVAConfig.cer_target``). Ablations: ``use_negative=False`` ("w/o neg") drops the
+    weighted reward means as printed, or the weighted returns (``AVAConfig.cer_target``); with ``margin_variance``
+    (``AVAConfig.cer_expected``) CER is its expectation under the reward posterior. Ablations: ``use_negative=False`` ("w/o neg") drops the
     rejected Q term, ``use_irl=False`` ("w/o irl") the KL and TD terms, ``use_cer=False`` ("w/o cer") CER.
     """
     q_part = beta * chosen.q_term - (beta * rejected.q_term if use_negative else 0.0)
     irl_part = torch.zeros_like(q_part)
     if use_irl:
         irl_part = lam * (chosen.td_term + rejected.td_term) - (chosen.kl_term + rejected.kl_term)
-    cer = cer_term(chosen_reward, rejected_reward, cer_form)
+    cer = cer_term(chosen_reward, rejected_reward, cer_form, margin_variance)
     cer_part = cer_coef * cer if use_cer else torch.zeros_like(q_part)
     objective = (q_part + irl_part + cer_part).mean()
     terms = {
@@ -197,6 +214,13 @@ def sequence_rewards(
     """Eq. 19 sequence reward ("sum" of weighted reward means over response positions) and the "last" scoring
     (the weighted reward mean at the last response position). Returns {"sum": [B], "last": [B]}."""
     return response_scores(reward_weights * reward_mean, mask)
+
+
+def reward_variances(reward_log_std: torch.Tensor, reward_weights: torch.Tensor, mask: torch.Tensor,
+                     ) -> dict[str, torch.Tensor]:
+    """Posterior variances of the two sequence scores, with independent token posteriors N(mu_t, sigma_t^2):
+    "sum" = sum_t w_t^2 sigma_t^2 (the weighted return's) and "last" = (w_T sigma_T)^2. Returns {"sum", "last"}."""
+    return response_scores((reward_weights * reward_log_std.exp()) ** 2, mask)
 
 
 def response_scores(token_rewards: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ LABELS = {
     "dpo-sum": "DPO implicit (sum on last token)",
     "bt-ens": "BT ensemble x5 (spread)", "bt-ens-small": "BT ensemble 5 x 1/5 (spread)", "ava-p/sigma": "AVA-p sigma",
 }
+KL_BINS = ((0, 1), (1, 2), (2, 4), (4, 8), (8, 16), (16, 64))
 COST = {"bt": 1, "bt-ens": 5, "bt-ens-small": 1, "preftrans": 1, "ava-p": 1, "dpo": 1}
 
 
@@ -170,6 +171,16 @@ def write_report(config, results: dict, out: Path, command: str | None = None) -
                 lines.append(f"| {LABELS.get(reward, reward)} | {PPO_REWARDS[reward][1]} | {_fmt(e['first_gold'])} | "
                              f"{_fmt(e['final_gold'])} | {_fmt(e['best_gold'])} | {_fmt(e['final_kl'])} | "
                              f"{_fmt(e['final_empty'])} |")
+            lines += ["", "Gold return per KL: mean gold return of the updates whose KL falls in each bin, over seeds (the "
+                      "number of updates in parentheses).", "", "| reward | placement | " +
+                      " | ".join(f"KL {a:g}-{b:g}" for a, b in KL_BINS) + " |", "|---" * (len(KL_BINS) + 2) + "|"]
+            for reward, e in table.items():
+                points = np.concatenate([np.array(c)[:, :2] for c in e["curves"]])
+                cells = []
+                for low, high in KL_BINS:
+                    inside = points[(points[:, 0] >= low) & (points[:, 0] < high), 1]
+                    cells.append(f"{inside.mean():.2f} ({len(inside)})" if len(inside) else "")
+                lines.append(f"| {LABELS.get(reward, reward)} | {PPO_REWARDS[reward][1]} | " + " | ".join(cells) + " |")
             lines += ["", f"![PPO {dataset}](ppo-{dataset}.png)", ""]
     lines += _dev_lines(config, results)
     (out / "results.md").write_text("\n".join(lines) + "\n")

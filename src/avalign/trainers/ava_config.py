@@ -83,6 +83,12 @@ class AVAConfig(WithoutHubToken, TrainingArguments):
         metadata={"help": "CER as printed in the paper (sigmoid of the reward margin) or its log (logsigmoid).",
                   "choices": list(CER_FORMS)},
     )
+    cer_expected: bool = field(
+        default=False,
+        metadata={"help": "CER as its expectation under the reward posterior q, E_q[log sigmoid(R+ - R-)] (the "
+                  "variational reading, as the TD term is), so that sigma learns from the preferences; off: CER at "
+                  "the posterior means, as printed."},
+    )
     cer_target: str = field(
         default="sum",
         metadata={"help": "Which expected reward CER ranks: the last response token's weighted reward mean (last) or "

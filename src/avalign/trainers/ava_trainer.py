@@ -29,6 +29,7 @@ from ..losses import (
     ava_d_objective,
     ava_p_objective,
     preference_transformer_objective,
+    reward_variances,
     sequence_rewards,
     sequence_terms,
 )
@@ -51,7 +52,7 @@ STANDALONE_LOADER = "ava_reward_model.py"  # avalign/hub_loader.py, copied besid
 
 _LOSS_TOTAL = "avalign_loss_total"  # key of the running loss sum in a checkpoint's trainer_state.json
 _CARD_OPTIONS = (
-    "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "cer_target", "td_reference", "reduction", "use_reward_weights",
+    "objective", "alpha", "beta", "gamma", "lam", "cer_coef", "cer_form", "cer_expected", "cer_target", "td_reference", "reduction", "use_reward_weights",
     "use_negative", "use_irl", "use_cer", "pretrained_q", "rescale_reward_weights", "weights_apply_to",
     "log_std_min", "log_std_max", "max_length", "too_long", "learning_rate", "per_device_train_batch_size", "seed",
 )
@@ -252,10 +253,15 @@ class AVATrainer(Trainer):
         options = dict(gamma=args.gamma, reduction=args.reduction, weights_apply_to=args.weights_apply_to)
         chosen_terms = sequence_terms(**chosen, **options)
         if args.objective == "ava-p":
+            variance = None
+            if args.cer_expected:
+                variance = sum(reward_variances(rows["reward_log_std"], rows["reward_weights"], rows["mask"])[
+                    args.cer_target] for rows in (chosen, rejected))
             objective = ava_p_objective(
                 chosen_terms, sequence_terms(**rejected, **options), scores["chosen"][args.cer_target],
                 scores["rejected"][args.cer_target], beta=args.beta, lam=args.lam, cer_coef=args.cer_coef,
-                cer_form=args.cer_form, use_negative=args.use_negative, use_irl=args.use_irl, use_cer=args.use_cer,
+                cer_form=args.cer_form, margin_variance=variance, use_negative=args.use_negative,
+                use_irl=args.use_irl, use_cer=args.use_cer,
             )
         else:
             objective = ava_d_objective(chosen_terms, beta=args.beta, lam=args.lam, use_irl=args.use_irl)
