@@ -14,7 +14,7 @@ from avalign.commands.parsing import dataclass_parser, parse_dataclasses
 from avalign.commands.ppo import PPOArguments, main as ppo_main, reward_sources
 from avalign.errors import ConfigError, TrainingDivergedError
 from avalign.rl.ppo import (PPOConfig, PPOTrainer, clipped_policy_loss, clipped_value_loss, gae, kl_penalized_rewards,
-                            pad_left, position_ids, response_mask)
+                            mask_early_eos, pad_left, position_ids, response_mask)
 from avalign.reward_model import AVARewardModel, BTRewardModel, EnsembleRewardModel
 from avalign.rl.rewards import GoldRewards, RewardModelRewards
 
@@ -240,3 +240,45 @@ def test_config_errors_name_the_field():
         PPOConfig(batch_size=16, mini_batch_size=5)
     with pytest.raises(ConfigError, match="temperature"):
         PPOConfig(temperature=0)
+
+
+class EmptyIsBest:
+    """A reward model that scores an empty response (EOS alone) 5 and everything else 0: the HH collapse in
+    miniature, an extrapolation no reward model trained on non-empty responses can be trusted with."""
+
+    def __init__(self, eos_token_id):
+        self.eos = eos_token_id
+
+    def token_rewards(self, prompt_ids, response_ids):
+        return [torch.tensor([5.0 if r == [self.eos] else 0.0] + [0.0] * (len(r) - 1)) for r in response_ids]
+
+
+def test_min_new_tokens_keeps_ppo_off_the_empty_response_and_its_log_probs_are_generates(synthetic, tokenizer):
+    prompts = [row["prompt"] for row in synthetic[2].demonstration_rows(64, seed=1)]
+    runs = {}
+    for min_new_tokens in (0, 1):
+        config = small_config(batch_size=32, ppo_epochs=4, learning_rate=3e-3, max_new_tokens=4, kl_coef=0.0,
+                              total_episodes=32 * 8, min_new_tokens=min_new_tokens)
+        policy = tiny_backbone("gpt2", tokenizer, seed=0)
+        trainer = PPOTrainer(policy, tokenizer, prompts, EmptyIsBest(tokenizer.eos_token_id), config)
+        runs[min_new_tokens] = trainer.train()
+        assert all(math.isfinite(log["objective/entropy"]) for log in runs[min_new_tokens])
+    first, last = runs[0][0]["response/empty"], runs[0][-1]["response/empty"]
+    assert last > max(0.25, 2 * first)  # without the constraint PPO finds the empty response
+    assert all(log["response/empty"] == 0 for log in runs[1])
+    # the rollout's log-probs are those of the distribution generate samples from under min_new_tokens
+    queries = [tokenizer(p)["input_ids"] for p in prompts[:4]]
+    input_ids, attention = pad_left(queries, tokenizer.pad_token_id), pad_left([[1] * len(q) for q in queries], 0)
+    torch.manual_seed(0)
+    out = trainer.model.policy.generate(input_ids=input_ids, attention_mask=attention, generation_config=GenerationConfig(
+        do_sample=True, top_k=0, max_new_tokens=3, min_new_tokens=2, output_scores=True, return_dict_in_generate=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+    full_mask = torch.cat([attention, torch.ones(4, 3, dtype=torch.long)], 1)
+    with torch.no_grad():
+        logits = trainer.model.policy(input_ids=out.sequences, attention_mask=full_mask,
+                                      position_ids=position_ids(full_mask)).logits[:, input_ids.shape[1] - 1:-1]
+    masked = mask_early_eos(logits, 2, tokenizer.eos_token_id)
+    expected = torch.stack(out.scores, 1).log_softmax(-1)
+    finite = torch.isfinite(expected)
+    assert torch.equal(finite, masked > torch.finfo(masked.dtype).min)  # EOS impossible exactly where generate says
+    assert torch.allclose(masked.log_softmax(-1)[finite], expected[finite], atol=1e-5)

@@ -57,6 +57,12 @@ class PPOConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     max_prompt_length: int = field(default=128, metadata={"help": "Prompt tokens kept (from the end)."})
     max_new_tokens: int = field(default=32, metadata={"help": "Longest sampled response, in tokens."})
+    min_new_tokens: int = field(default=1, metadata={"help": "Shortest response before EOS: EOS is masked at the "
+                                                     "first positions, in sampling and in every log-probability, so "
+                                                     "the policy is the LM conditioned on a non-empty response. "
+                                                     "Reward models never see an empty response in training (it is "
+                                                     "a data error), so their score of one is an extrapolation PPO "
+                                                     "would exploit. 0: no constraint."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; log-probabilities use the same "
                                                       "temperature, so it is part of the policy."})
     total_episodes: int = field(default=1024, metadata={"help": "Episodes in the whole run; updates = total_episodes "
@@ -166,6 +172,17 @@ class PolicyAndValue(nn.Module):
         return out.logits, self.value_head(out.hidden_states[-1]).squeeze(-1).float()
 
 
+def mask_early_eos(logits: torch.Tensor, min_new_tokens: int, eos_token_id: int) -> torch.Tensor:
+    """Logits [B, R, V] of the positions that predict response tokens, with EOS made impossible (the lowest finite
+    logit, so that entropies stay finite) at the first ``min_new_tokens`` positions: what ``generate`` samples from
+    with ``min_new_tokens``."""
+    if min_new_tokens <= 0:
+        return logits
+    logits = logits.clone()
+    logits[:, :min_new_tokens, eos_token_id] = torch.finfo(logits.dtype).min
+    return logits
+
+
 def response_logprobs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
     """log pi(a_t) [B, R] of the response tokens, from the logits [B, R, V] of the positions that predict them."""
     return torch.log_softmax(logits.float() / temperature, -1).gather(-1, responses[..., None]).squeeze(-1)
@@ -222,7 +239,7 @@ class PPOTrainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
         self.generation_config = GenerationConfig(
             do_sample=True, temperature=config.temperature, top_k=0, top_p=1.0, max_new_tokens=config.max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            min_new_tokens=config.min_new_tokens, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
         )
         self.history: list[dict] = []
@@ -252,6 +269,9 @@ class PPOTrainer:
         lists = [row[valid].tolist() for row, valid in zip(responses, mask)]
         return (input_ids, attention, responses, mask), lists
 
+    def _policy_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return mask_early_eos(logits, self.config.min_new_tokens, self.tokenizer.eos_token_id)
+
     @torch.no_grad()
     def rollout(self, queries: list[list[int]]) -> Rollout:
         (input_ids, query_mask, responses, mask), response_lists = self._generate(queries)
@@ -259,9 +279,9 @@ class PPOTrainer:
         attention = torch.cat([query_mask, mask.long()], 1)
         start = input_ids.shape[1] - 1  # the position whose logits predict the first response token
         logits, values = self.model(sequences, attention)
-        logits, values = logits[:, start:-1], values[:, start:-1]
-        ref_logits = self.reference(input_ids=sequences, attention_mask=attention,
-                                    position_ids=position_ids(attention)).logits[:, start:-1]
+        logits, values = self._policy_logits(logits[:, start:-1]), values[:, start:-1]
+        ref_logits = self._policy_logits(self.reference(input_ids=sequences, attention_mask=attention,
+                                                        position_ids=position_ids(attention)).logits[:, start:-1])
         log_policy = torch.log_softmax(logits.float() / self.config.temperature, -1)
         entropy = -(log_policy.exp() * log_policy).sum(-1)
         return Rollout(
@@ -298,7 +318,8 @@ class PPOTrainer:
         for _ in range(config.ppo_epochs):
             for idx in torch.randperm(config.batch_size, generator=self.generator).split(config.mini_batch_size):
                 logits, values = self.model(batch.sequences[idx], batch.attention_mask[idx])
-                logprobs = response_logprobs(logits[:, start:-1], batch.responses[idx], config.temperature)
+                logprobs = response_logprobs(self._policy_logits(logits[:, start:-1]), batch.responses[idx],
+                                             config.temperature)
                 pg_loss, pg_clipfrac, approxkl = clipped_policy_loss(
                     logprobs, batch.logprobs[idx], advantages[idx], mask[idx], config.clip_range)
                 vf_loss, vf_clipfrac = clipped_value_loss(
