@@ -282,3 +282,12 @@ def test_min_new_tokens_keeps_ppo_off_the_empty_response_and_its_log_probs_are_g
     finite = torch.isfinite(expected)
     assert torch.equal(finite, masked > torch.finfo(masked.dtype).min)  # EOS impossible exactly where generate says
     assert torch.allclose(masked.log_softmax(-1)[finite], expected[finite], atol=1e-5)
+
+
+def test_the_saved_policy_samples_without_empty_responses(synthetic, tokenizer, tmp_path):
+    prompts = [row["prompt"] for row in synthetic[2].demonstration_rows(8, seed=1)]
+    trainer = PPOTrainer(tiny_backbone("gpt2", tokenizer, seed=0), tokenizer, prompts, EmptyIsBest(tokenizer.eos_token_id),
+                         small_config(batch_size=4, mini_batch_size=2, total_episodes=4, min_new_tokens=2))
+    trainer.train()
+    trainer.save(str(tmp_path))
+    assert AutoModelForCausalLM.from_pretrained(str(tmp_path)).generation_config.min_new_tokens == 2

@@ -234,6 +234,8 @@ class PPOTrainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.queries = [prompt_ids(self.tokenizer, prompt)[-config.max_prompt_length:] for prompt in prompts]
         # eval(): no dropout, so log-probs at sampling and at training time come from the same policy.
+        if config.min_new_tokens > 0:  # the trained policy is the LM conditioned on a non-empty response: its saved
+            policy.generation_config.min_new_tokens = config.min_new_tokens  # generation config samples it so
         self.model = PolicyAndValue(policy).to(self.device).eval()
         self.reference = copy.deepcopy(policy).to(self.device).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, eps=1e-5)
