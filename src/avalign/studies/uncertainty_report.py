@@ -204,37 +204,38 @@ def _dev_lines(config, results: dict) -> list[str]:
     return lines + [""]
 
 
+def _figure(plt, lines: list[tuple[str, list, list, bool]], xlabel: str, ylabel: str, title: str, path: Path):
+    """One over-optimisation plot: (label, x, y, emphasised) per line; the oracle dashed."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, x, y, emphasised in lines:
+        ax.plot(x, y, "k--" if label == LABELS["gold"] else "-", marker="o", markersize=3, label=label,
+                linewidth=2.5 if emphasised else 1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plots(bon: dict, ppo: dict, out: Path) -> None:
     plt = pyplot(out)
     if plt is None:
         return
     for dataset, entry in bon.items():
-        x = np.sqrt([bon_kl(n) for n in entry["sizes"]])
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for row, e in entry["rows"].items():
-            style = "k--" if row == "gold" else "-"
-            ax.plot(x, e["curve"], style, marker="o", markersize=3, label=LABELS[row],
-                    linewidth=2.5 if row.startswith("ava-p") else 1.2)
-        ax.set_xlabel("sqrt(KL(best-of-N || policy))  (N = 1 ... %d)" % entry["sizes"][-1])
-        ax.set_ylabel("gold return of the selected response")
-        ax.set_title(f"Best-of-N over-optimisation: {dataset}")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / f"bon-{dataset}.png", dpi=110)
-        plt.close(fig)
+        x = np.sqrt([bon_kl(n) for n in entry["sizes"]]).tolist()
+        lines = [(LABELS[row], x, e["curve"], row.startswith("ava-p")) for row, e in entry["rows"].items()]
+        _figure(plt, lines, f"sqrt(KL(best-of-N || policy))  (N = 1 ... {entry['sizes'][-1]})",
+                "gold return of the selected response", f"Best-of-N over-optimisation: {dataset}",
+                out / f"bon-{dataset}.png")
     for dataset, table in ppo.items():
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for reward, e in table.items():
+        lines = []
+        for reward, e in table.items():  # updates of all seeds, sorted by KL and averaged in up to 12 bins
             points = np.concatenate([np.array(c)[:, :2] for c in e["curves"]])
-            order = np.argsort(points[:, 0])
-            kl, gold = points[order, 0], points[order, 1]
+            kl, gold = points[np.argsort(points[:, 0])].T
             bins = np.array_split(np.arange(len(kl)), max(1, min(12, len(kl) // 8)))
-            ax.plot([np.sqrt(max(kl[b].mean(), 0)) for b in bins], [gold[b].mean() for b in bins], marker="o",
-                    markersize=3, label=LABELS.get(reward, reward), linewidth=2.5 if reward.startswith("ava") else 1.2)
-        ax.set_xlabel("sqrt(KL(policy || initial))")
-        ax.set_ylabel("gold return (training batches)")
-        ax.set_title(f"PPO over-optimisation: {dataset}")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / f"ppo-{dataset}.png", dpi=110)
-        plt.close(fig)
+            lines.append((LABELS.get(reward, reward), [float(np.sqrt(max(kl[b].mean(), 0))) for b in bins],
+                          [float(gold[b].mean()) for b in bins], reward.startswith("ava")))
+        _figure(plt, lines, "sqrt(KL(policy || initial))", "gold return (training batches)",
+                f"PPO over-optimisation: {dataset}", out / f"ppo-{dataset}.png")
