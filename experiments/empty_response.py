@@ -1,0 +1,81 @@
+"""Does a reward model score the empty response (EOS alone) above real ones? The diagnosis of the HH PPO collapse
+(docs/results/uncertainty.md, "The PPO collapse").
+
+Scores the SFT policy's samples of a policy-study unit's evaluation prompts, and the empty response to each prompt,
+with the unit's reward models, as PPO scores them (EOS appended). For AVA models it also prints the pieces of the
+score at EOS: the reward mean and the (rescaled) reward weight there.
+
+    python experiments/empty_response.py outputs/experiments/hh-ppo-collapse/cache/hh-helpful-seed0-<hash> ava-p bt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from avalign.data.tokenize import prompt_ids
+from avalign.generation import generate_completions
+from avalign.reward_model import AVARewardModel, load_reward_model, token_rewards
+
+
+def rows(unit: Path, prompts: int, max_new_tokens: int, max_prompt_tokens: int) -> tuple[list[dict], list[dict]]:
+    """(sampled, empty): tokenised rows of the SFT policy's samples and of EOS alone, one per prompt."""
+    tokenizer = AutoTokenizer.from_pretrained(str(unit / "tokenizer"))
+    texts = list(dict.fromkeys(load_from_disk(str(unit / "eval_pairs"))["prompt"]))[:prompts]
+    policy = AutoModelForCausalLM.from_pretrained(str(unit / "sft"))
+    samples = generate_completions(policy, tokenizer, texts, max_new_tokens=max_new_tokens, seed=0, batch_size=50,
+                                   progress=False, max_prompt_tokens=max_prompt_tokens)
+    eos = tokenizer.eos_token_id
+    sampled, empty = [], []
+    for sample in samples:
+        prompt = prompt_ids(tokenizer, sample["prompt"])[-max_prompt_tokens:]
+        response = tokenizer(sample["completion"], add_special_tokens=False)["input_ids"][:max_new_tokens]
+        sampled.append({"prompt_ids": prompt, "completion_ids": response + [eos]})
+        empty.append({"prompt_ids": prompt, "completion_ids": [eos]})
+    return sampled, empty
+
+
+def describe(reward_model, features: list[dict]) -> dict:
+    """Scores as PPO sums them; for an AVA model also the length, the reward mean and weight at EOS."""
+    if not isinstance(reward_model, AVARewardModel):
+        return {"scores": reward_model.forward_features(features).numpy()}
+    out = reward_model.forward_features(features)
+    positions = torch.arange(out.mask.shape[-1]).expand_as(out.mask)
+    last = torch.where(out.mask, positions, -1).amax(-1, keepdim=True)  # EOS: each row's last response position
+
+    def at_eos(values: torch.Tensor) -> torch.Tensor:
+        return values.gather(-1, last).squeeze(-1)
+
+    return {"scores": (token_rewards(out) * out.mask).sum(-1).numpy(), "length": out.mask.sum(-1).float().numpy(),
+            "mu_eos": at_eos(out.reward_mean).numpy(), "w_eos": at_eos(out.reward_weights).numpy()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("unit", help="a policy-study unit directory (cache/<dataset>-seed<k>-<hash>)")
+    parser.add_argument("models", nargs="+", help="reward models under <unit>/models")
+    parser.add_argument("--prompts", type=int, default=100)
+    parser.add_argument("--max_new_tokens", type=int, default=24)
+    parser.add_argument("--max_prompt_tokens", type=int, default=64)
+    args = parser.parse_args()
+    unit = Path(args.unit)
+    sampled, empty = rows(unit, args.prompts, args.max_new_tokens, args.max_prompt_tokens)
+    report = {}
+    with torch.no_grad():
+        for name in args.models:
+            reward_model = load_reward_model(str(unit / "models" / name))
+            real, nothing = describe(reward_model, sampled), describe(reward_model, empty)
+            report[name] = {"empty_above_sampled": float(np.mean(nothing["scores"] > real["scores"])),
+                            **{f"{key}_sampled": float(np.mean(value)) for key, value in real.items()},
+                            **{f"{key}_empty": float(np.mean(value)) for key, value in nothing.items()}}
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
