@@ -110,6 +110,13 @@ def test_a_tiny_study_runs_end_to_end_and_chooses_kappa_on_the_development_data_
     report = (tmp_path / "out" / "results.md").read_text()
     assert "## Calibration" in report and "| AVA-p (w mu - kappa sigma) |" in report
     assert json.loads((tmp_path / "out" / "results.json").read_text())["chosen"] == results["chosen"]
+    # resuming: finished cells are kept; a PPO cell run with another kappa than the one chosen now is run again
+    results["ppo"]["test|tiny|ava-p-pess|0"]["pessimism"] = 99.0
+    (tmp_path / "out" / "results.json").write_text(json.dumps(results))
+    again = run_study(UncertaintyConfig.from_yaml(str(path)), progress=False)
+    assert again["ppo"]["test|tiny|ava-p-pess|0"]["pessimism"] == best
+    assert again["ppo"]["test|tiny|dpo|0"] == results["ppo"]["test|tiny|dpo|0"]
+    assert again["analysis"] == results["analysis"]
     # ten BT models: the ensembles of five at the full budget and at a fifth of it
     assert sorted(k for k in results["cells"] if k.startswith("test|tiny|bt")) == sorted(
         ["test|tiny|bt|0"] + [f"test|tiny|bt-m{m}|0" for m in range(1, 5)] + [f"test|tiny|bt-small-m{m}|0" for m in range(5)])

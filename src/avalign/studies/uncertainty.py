@@ -471,7 +471,8 @@ def run_study(config: UncertaintyConfig, progress: bool = True, command: str | N
             for reward in config.ppo_rewards:
                 pessimism = {"kappa": chosen["ava-p"], "k": chosen["bt-ens-lcb"], None: 0.0}[PPO_REWARDS[reward][2]]
                 key = _key(spec, backbone, reward, seed)
-                if key not in results["ppo"]:
+                # a cell run with another kappa or k (the development units changed) is run again
+                if results["ppo"].get(key, {}).get("pessimism") != pessimism:
                     work = out / "work" / f"ppo-{key.replace('|', '-')}"
                     jobs[key] = (ppo_cell, str(work / "log.txt"), config, spec, reward, pessimism, seed,
                                  str(directory[spec.name, backbone.name, seed]), str(work))
