@@ -207,6 +207,7 @@ def _dev_lines(config, results: dict) -> list[str]:
 def _figure(plt, lines: list[tuple[str, list, list, bool]], xlabel: str, ylabel: str, title: str, path: Path):
     """One over-optimisation plot: (label, x, y, emphasised) per line; the oracle dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a dozen lines: ten default colours would repeat
     for label, x, y, emphasised in lines:
         ax.plot(x, y, "k--" if label == LABELS["gold"] else "-", marker="o", markersize=3, label=label,
                 linewidth=2.5 if emphasised else 1.2)
