@@ -18,9 +18,10 @@ LABELS = {
     "dpo": "DPO implicit", "gold": "gold (oracle)", "bt-prefix": "BT prefix differences (dense)",
     "preftrans-sum": "PrefTrans (sum on last token)", "ava-p-sum": "AVA-p (sum on last token)",
     "dpo-sum": "DPO implicit (sum on last token)",
-    "bt-ens": "BT ensemble x5 (spread)", "bt-ens-small": "BT ensemble 5 x 1/5 (spread)", "ava-p/sigma": "AVA-p sigma",
 }
-KL_BINS = ((0, 1), (1, 2), (2, 4), (4, 8), (8, 16), (16, 64))
+UNCERTAINTY_LABELS = {"ava-p": "AVA-p sigma", "bt-ens": "BT ensemble x5 (spread)",
+                      "bt-ens-small": "BT ensemble 5 x 1/5 (spread)"}
+KL_BINS = ((0, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, float("inf")))
 COST = {"bt": 1, "bt-ens": 5, "bt-ens-small": 1, "preftrans": 1, "ava-p": 1, "dpo": 1}
 
 
@@ -126,7 +127,7 @@ def write_report(config, results: dict, out: Path, command: str | None = None) -
     lines = [f"# Uncertainty study: {config.name}", ""]
     if command:
         lines += ["```bash", command, "```", ""]
-    lines += [f"Seeds {config.seeds}; development datasets (kappa and k chosen there only): "
+    lines += [f"Seeds {config.seeds} (PPO: {config.ppo_seeds or config.seeds}); development datasets (kappa and k chosen there only): "
               f"{config.dev_datasets}; test datasets: "
               f"{[s.name for s in config.datasets if s.name not in config.dev_datasets]}. Best-of-N: "
               f"{config.candidates['n']} samples of the backbone for each of {config.candidates['prompts']} "
@@ -144,7 +145,7 @@ def write_report(config, results: dict, out: Path, command: str | None = None) -
                   "coverage, drifted | sigma drifted / plain | error drifted / plain |", "|---|---|---|---|---|---|---|"]
         for method, entry in table.items():
             for level, e in entry.items():
-                lines.append(f"| {LABELS.get(method, method)} | {level} | {_fmt(e['spearman'])} | "
+                lines.append(f"| {UNCERTAINTY_LABELS[method]} | {level} | {_fmt(e['spearman'])} | "
                              f"{_fmt(e['coverage'])} | {_fmt(e['coverage_picked'])} | {_fmt(e['sigma_ratio'])} | "
                              f"{_fmt(e['error_ratio'])} |")
         lines.append("")
