@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from avalign.data.tokenize import prompt_ids
 from avalign.generation import generate_completions
-from avalign.reward_model import AVARewardModel, load_reward_model, token_rewards
+from avalign.losses import response_scores
+from avalign.reward_model import AVARewardModel, load_reward_model
 
 
 def rows(unit: Path, prompts: int, max_new_tokens: int, max_prompt_tokens: int) -> tuple[list[dict], list[dict]]:
@@ -42,18 +43,14 @@ def rows(unit: Path, prompts: int, max_new_tokens: int, max_prompt_tokens: int) 
 
 
 def describe(reward_model, features: list[dict]) -> dict:
-    """Scores as PPO sums them; for an AVA model also the length, the reward mean and weight at EOS."""
+    """Scores as PPO sums them; for an AVA model also the length, the reward mean and weight at EOS (each row's
+    last response position)."""
     if not isinstance(reward_model, AVARewardModel):
         return {"scores": reward_model.forward_features(features).numpy()}
     out = reward_model.forward_features(features)
-    positions = torch.arange(out.mask.shape[-1]).expand_as(out.mask)
-    last = torch.where(out.mask, positions, -1).amax(-1, keepdim=True)  # EOS: each row's last response position
-
-    def at_eos(values: torch.Tensor) -> torch.Tensor:
-        return values.gather(-1, last).squeeze(-1)
-
-    return {"scores": (token_rewards(out) * out.mask).sum(-1).numpy(), "length": out.mask.sum(-1).float().numpy(),
-            "mu_eos": at_eos(out.reward_mean).numpy(), "w_eos": at_eos(out.reward_weights).numpy()}
+    return {"scores": reward_model.output_scores(out)["sum"].numpy(), "length": out.mask.sum(-1).float().numpy(),
+            "mu_eos": response_scores(out.reward_mean, out.mask)["last"].numpy(),
+            "w_eos": response_scores(out.reward_weights, out.mask)["last"].numpy()}
 
 
 def main() -> None:

@@ -276,25 +276,30 @@ class BTRewardModel(_PairEvaluation):
                                  attention_mask=batch["attention_mask"].to(self.device)).logits[:, 0])
 
     @torch.no_grad()
-    def prefix_rewards(self, features: list[dict]) -> list[torch.Tensor]:
-        """Reward redistribution of the sequence score ("RED", Li et al. 2024): the score of every response prefix,
-        r(x, y_1..t) - r(x, y_1..t-1) per response token, the first against the prompt alone, so a row sums to
-        r(x, y) - r(x). For a causal backbone the score of a prefix is the score head on its last hidden state, so
-        one forward gives every prefix."""
+    def prefix_scores(self, features: list[dict]) -> list[torch.Tensor]:
+        """Per row, the score of the prompt alone and of every response prefix, r(x), r(x, y_1), ..., r(x, y): one
+        more value than the response has tokens, the last the response's score. For a causal backbone the score
+        of a prefix is the score head on its last hidden state, so one forward gives every prefix."""
         head = getattr(self.model, "score", None)
         if head is None:
             raise ConfigError(f"{type(self.model).__name__} has no `score` head to read at every prefix")
         batch = collate_sequences(features, ("completion",), self.tokenizer.pad_token_id)
         hidden = self.model.base_model(input_ids=batch["input_ids"].to(self.device),
                                        attention_mask=batch["attention_mask"].to(self.device)).last_hidden_state
-        prefix_scores = head(hidden)[..., 0].float().cpu()
+        scores = upcast(head(hidden)[..., 0]).cpu()
         rows = []
-        for scores, feature in zip(prefix_scores, features):
+        for values, feature in zip(scores, features):
             start, length = len(feature["prompt_ids"]), len(feature["completion_ids"])
             if start == 0:
                 raise ConfigError("prefix rewards need a prompt of at least one token (the first token's baseline)")
-            rows.append(scores[start:start + length] - scores[start - 1:start + length - 1])
+            rows.append(values[start - 1:start + length])
         return rows
+
+    def prefix_rewards(self, features: list[dict]) -> list[torch.Tensor]:
+        """Reward redistribution of the sequence score ("RED", Li et al. 2024): r(x, y_1..t) - r(x, y_1..t-1) per
+        response token (``prefix_scores``' differences), the first against the prompt alone, so a row sums to
+        r(x, y) - r(x)."""
+        return [scores.diff() for scores in self.prefix_scores(features)]
 
     def token_readings(self, features: list[dict]) -> dict[str, list[torch.Tensor]]:
         return {"prefix_difference": self.prefix_rewards(features)}
@@ -305,10 +310,13 @@ class BTRewardModel(_PairEvaluation):
         rows = _prompt_completion_rows(prompts, responses)
         results = []
         for features in _batches(self._tokenized(rows), self.batch_size, progress):
-            scores = self.forward_features(features).tolist()
-            dense = self.prefix_rewards(features) if prefix_rewards else [None] * len(features)
-            results += [SequenceReward(list(f["completion_ids"]), s, None if d is None else d.tolist())
-                        for f, s, d in zip(features, scores, dense)]
+            if prefix_rewards:  # one forward gives the score (the whole response's prefix) and the differences
+                prefixes = self.prefix_scores(features)
+                results += [SequenceReward(list(f["completion_ids"]), float(p[-1]), p.diff().tolist())
+                            for f, p in zip(features, prefixes)]
+            else:
+                results += [SequenceReward(list(f["completion_ids"]), s)
+                            for f, s in zip(features, self.forward_features(features).tolist())]
         return results
 
     def sequence_scores(self, prompts: list, responses: list, progress: bool = False) -> dict[str, list[float]]:

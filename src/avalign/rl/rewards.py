@@ -15,7 +15,6 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from trl.data_utils import maybe_apply_chat_template
 
-from ..data.synthetic import SyntheticTask
 from ..data.tokenize import ensure_pad_token, prompt_ids as tokenize_prompt
 from ..errors import ConfigError, DataError
 from ..reward_model import AVARewardModel, BTRewardModel, DPOImplicitRewardModel, EnsembleRewardModel, load_reward_model

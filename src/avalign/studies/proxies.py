@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 MEMBERS = 5  # ensemble size (Coste et al. use 5)
-ENSEMBLES = ("bt-ens", "bt-ens-small")  # 5 BT models of the full budget each, and of a fifth of it each
+# ensemble -> its training cost in BT budgets: 5 BT models of the full budget each, and of a fifth of it each
+ENSEMBLES = {"bt-ens": MEMBERS, "bt-ens-small": 1}
 
 
 def ensemble_members(ensemble: str) -> list[str]:

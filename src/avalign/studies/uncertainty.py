@@ -30,9 +30,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from .proxies import ENSEMBLES, MEMBERS, PPO_REWARDS, ensemble_members
-from .uncertainty_report import write_report
 from .reward_modeling import StudyConfig, _unit_key, make_pool, prepare_unit, run_cell, run_jobs, set_worker_threads, \
     unit_path
+from .uncertainty_report import write_report
+
 
 @dataclass
 class UncertaintyConfig(StudyConfig):
@@ -61,36 +62,31 @@ class UncertaintyConfig(StudyConfig):
         return config
 
     def __post_init__(self):
-        # the ensembles' other members, as variants of BT (run_cell trains variants)
+        # Every trained model of a unit: name -> (objective, seed offset). Ensemble member m trains with seed
+        # + 1000 m (its own head initialisation and data order); the members besides BT are variants of BT, which
+        # run_cell trains, the same-budget ensemble's with a fifth of the steps.
+        self.members = {name: (name, 0) for name in self.objectives}
         steps = max(1, self.training.max_steps // MEMBERS)
-        for m in range(MEMBERS):
-            if m:
-                self.variants[f"bt-m{m}"] = {"objective": "bt"}
-            self.variants[f"bt-small-m{m}"] = {"objective": "bt", "max_steps": steps}
-
-    def members(self) -> dict[str, tuple[str, int]]:
-        """Every trained model of a unit: name -> (objective, seed offset: ensemble member m trains with seed
-        + 1000 m, so each member has its own head initialisation and data order)."""
-        models = {name: (name, 0) for name in self.objectives}
-        for name in self.variants:
-            if name.startswith("bt-"):
-                models[name] = ("bt", 1000 * int(name.rsplit("m", 1)[1]))
-        return models
+        for ensemble in ENSEMBLES:
+            for m, name in enumerate(ensemble_members(ensemble)):
+                self.members[name] = ("bt", 1000 * m)
+                if name != "bt":
+                    budget = {} if ENSEMBLES[ensemble] == MEMBERS else {"max_steps": steps}
+                    self.variants[name] = {"objective": "bt", **budget}
 
 
 # -- gold, samples and scores of one unit -------------------------------------------------------------------------
 
 
-def _task_of(spec, prep_dir: Path):
+def _task_of(spec, tokenizer):
+    """The gold task of a dataset spec (the stories table spans the unit's tokenizer)."""
     from ..data.synthetic import SyntheticTask, SyntheticTaskConfig
 
     if spec.gold_task is None:
         return SyntheticTask(SyntheticTaskConfig(seed=spec.synthetic_task_seed))
     from ..data.stories_gold import StoriesGoldConfig, StoriesGoldTask
-    from transformers import AutoTokenizer
 
-    vocab = len(AutoTokenizer.from_pretrained(str(prep_dir / "tokenizer")))
-    return StoriesGoldTask(vocab, StoriesGoldConfig(seed=spec.synthetic_task_seed))
+    return StoriesGoldTask(len(tokenizer), StoriesGoldConfig(seed=spec.synthetic_task_seed))
 
 
 def sample_candidates(backbone_path: str, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int,
@@ -128,7 +124,7 @@ def _load_scorers(config: UncertaintyConfig, unit: Path, prep: dict, names: list
     settings = config.training
     kwargs = dict(max_length=settings.max_length, batch_size=settings.eval_batch_size)
     scorers = {}
-    for name, (objective, _) in config.members().items():
+    for name, (objective, _) in config.members.items():
         path = str(unit / "models" / name)
         if names is not None and name not in names:
             continue
@@ -151,14 +147,14 @@ def token_values(scorers: dict, features: list[dict]) -> dict[str, list[np.ndarr
     from ..reward_model import AVARewardModel, BTRewardModel, token_rewards
 
     values: dict[str, list[np.ndarray]] = {}
-    batch = 64
     for name, scorer in scorers.items():
         rows, sigmas, weights, scores = [], [], [], []
-        for start in range(0, len(features), batch):
-            chunk = features[start:start + batch]
-            if isinstance(scorer, BTRewardModel):
-                rows += [r.numpy() for r in scorer.prefix_rewards(chunk)]
-                scores += [np.array([s]) for s in scorer.forward_features(chunk).float().cpu().tolist()]
+        for start in range(0, len(features), scorer.batch_size):
+            chunk = features[start:start + scorer.batch_size]
+            if isinstance(scorer, BTRewardModel):  # one forward: every prefix's score, the last the response's
+                prefixes = scorer.prefix_scores(chunk)
+                rows += [p.diff().numpy() for p in prefixes]
+                scores += [p[-1:].numpy() for p in prefixes]
             elif isinstance(scorer, AVARewardModel):
                 out = scorer.forward_features(chunk)
                 for m, s, w, valid in zip(token_rewards(out), out.reward_log_std.exp(), out.reward_weights, out.mask):
@@ -255,8 +251,6 @@ def _posteriors(values: dict, n_rows: int) -> dict[str, tuple[list, list]]:
     return out
 
 
-
-
 def sequence_scores(values: dict, kappas: list[float], ks: list[float]) -> dict[str, np.ndarray]:
     """Every proxy's sequence score of the rows ``values`` covers: each model's sum of token values (BT: its own
     score when given); AVA at each kappa, sum(w mu - kappa sigma) (``token_rewards``); each ensemble's mean, worst
@@ -278,7 +272,6 @@ def sequence_scores(values: dict, kappas: list[float], ks: list[float]) -> dict[
 
 def analyse_unit(config: UncertaintyConfig, spec, seed: int, directory: str) -> dict:
     """Calibration and best-of-N curves of one trained unit (see the module docstring)."""
-    import torch
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
@@ -306,9 +299,8 @@ def analyse_unit(config: UncertaintyConfig, spec, seed: int, directory: str) -> 
     eos = tokenizer.eos_token_id
     with_eos = [r if r and r[-1] == eos else r + [eos] for r in responses]
     candidate_features = [{"prompt_ids": p, "completion_ids": r} for p, r in zip(prompt_of, with_eos)]
-    with torch.no_grad():
-        candidate_values = token_values(scorers, candidate_features)
-    gold_source = GoldRewards(_task_of(spec, unit), tokenizer)
+    candidate_values = token_values(scorers, candidate_features)  # the scorers run without gradients
+    gold_source = GoldRewards(_task_of(spec, tokenizer), tokenizer)
     candidate_gold = [g.numpy()[:-1] for g in gold_source.token_rewards(prompt_of, with_eos)]
     gold_return = np.array([g.sum() for g in candidate_gold]).reshape(len(prompts), c["n"])
     scores = sequence_scores(candidate_values, config.kappas, config.ensemble_ks)
@@ -363,7 +355,8 @@ def ppo_rewards(scorers: dict, reward: str, pessimism: float, tokenizer):
     model, placement, _ = PPO_REWARDS[reward]
     if model in ENSEMBLES:
         members = ensemble_members(model)
-        source = EnsembleRewardModel([scorers[m] for m in members], placement, pessimism or 1.0, names=members)
+        k = pessimism if placement == "lcb" else 1.0  # mean and worst have no k
+        source = EnsembleRewardModel([scorers[m] for m in members], placement, k, names=members)
         return RewardModelRewards(source, tokenizer, reward="last")
     return RewardModelRewards(scorers[model], tokenizer, reward=placement)
 
@@ -394,10 +387,10 @@ def ppo_cell(config: UncertaintyConfig, spec, reward: str, pessimism: float, see
     policy = AutoModelForCausalLM.from_pretrained(unit_path(unit, prep["backbone_path"]))
     ppo = PPOConfig(**{**config.ppo, "seed": seed, "output_dir": work_dir, "disable_tqdm": True})
     began = time.perf_counter()
-    history = PPOTrainer(policy, tokenizer, prompts, rewards, ppo, gold=GoldRewards(_task_of(spec, unit), tokenizer)
-                         ).train()
+    history = PPOTrainer(policy, tokenizer, prompts, rewards, ppo,
+                         gold=GoldRewards(_task_of(spec, tokenizer), tokenizer)).train()
     return {"seconds": round(time.perf_counter() - began, 1), "pessimism": pessimism,
-            "curve": [[h["objective/kl"], h["gold/reward"], h["objective/scores"], h.get("response/empty", 0.0)]
+            "curve": [[h["objective/kl"], h["gold/reward"], h["objective/scores"], h["response/empty"]]
                       for h in history]}
 
 
@@ -448,7 +441,7 @@ def run_study(config: UncertaintyConfig, progress: bool = True, command: str | N
         jobs = {}
         for spec, backbone, seed in units:
             unit = directory[spec.name, backbone.name, seed]
-            for name, (_, offset) in config.members().items():
+            for name, (_, offset) in config.members.items():
                 key = _key(spec, backbone, name, seed)
                 if key not in results["cells"] or not (unit / "models" / name).exists():
                     work = out / "work" / key.replace("|", "-")

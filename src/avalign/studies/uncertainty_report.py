@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ LABELS = {
 UNCERTAINTY_LABELS = {"ava-p": "AVA-p sigma", "bt-ens": "BT ensemble x5 (spread)",
                       "bt-ens-small": "BT ensemble 5 x 1/5 (spread)"}
 KL_BINS = ((0, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, float("inf")))
-COST = {"bt": 1, "bt-ens": 5, "bt-ens-small": 1, "preftrans": 1, "ava-p": 1, "dpo": 1}
 
 
 def _fmt(entry: dict, digits: int = 2) -> str:
@@ -32,15 +32,15 @@ def _fmt(entry: dict, digits: int = 2) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def bon_variants(chosen: dict) -> dict[str, str]:
-    """Report row -> the analysis' curve name, with the chosen kappa and k."""
-    rows = {"bt": "bt"}
-    for ensemble in ENSEMBLES:
-        rows[f"{ensemble}-mean"] = f"{ensemble}-mean"
-        rows[f"{ensemble}-worst"] = f"{ensemble}-worst"
-        rows[f"{ensemble}-lcb"] = f"{ensemble}-lcb@{chosen[ensemble + '-lcb']:g}"
-    rows.update({"preftrans": "preftrans", "ava-p": "ava-p@0", "ava-p-pess": f"ava-p@{chosen['ava-p']:g}",
-                 "dpo": "dpo", "gold": "gold"})
+def bon_variants(chosen: dict) -> dict[str, tuple[str, int | str]]:
+    """Report row -> (the analysis' curve name, with the chosen kappa and k; training cost in BT budgets)."""
+    rows: dict[str, tuple[str, int | str]] = {"bt": ("bt", 1)}
+    for ensemble, cost in ENSEMBLES.items():
+        rows[f"{ensemble}-mean"] = (f"{ensemble}-mean", cost)
+        rows[f"{ensemble}-worst"] = (f"{ensemble}-worst", cost)
+        rows[f"{ensemble}-lcb"] = (f"{ensemble}-lcb@{chosen[ensemble + '-lcb']:g}", cost)
+    rows.update({"preftrans": ("preftrans", 1), "ava-p": ("ava-p@0", 1),
+                 "ava-p-pess": (f"ava-p@{chosen['ava-p']:g}", 1), "dpo": ("dpo", 1), "gold": ("gold", "")})
     return rows
 
 
@@ -61,10 +61,10 @@ def bon_summary(config, results: dict) -> dict:
     for dataset, units in _by_dataset(config, results["analysis"]).items():
         sizes = units[0]["sizes"]
         table = {}
-        for row, curve in rows.items():
+        for row, (curve, cost) in rows.items():
             golds = np.array([u["bon"][curve]["gold"] for u in units])  # [seeds, sizes]
             peak = golds.max(1)
-            table[row] = {"first": seed_interval(golds[:, 0].tolist()), "peak": seed_interval(peak.tolist()),
+            table[row] = {"cost": cost, "first": seed_interval(golds[:, 0].tolist()), "peak": seed_interval(peak.tolist()),
                           "peak_n": int(sizes[int(golds.mean(0).argmax())]),
                           "final": seed_interval(golds[:, -1].tolist()),
                           "drop": seed_interval((peak - golds[:, -1]).tolist()),
@@ -158,8 +158,7 @@ def write_report(config, results: dict, out: Path, command: str | None = None) -
                   f"| proxy | cost | gold, N=1 | peak gold (N) | gold, N={sizes[-1]} | lost after the peak |",
                   "|---|---|---|---|---|---|"]
         for row, e in entry["rows"].items():
-            cost = COST.get(row.rsplit("-", 1)[0] if row.startswith("bt-ens") else row.split("-pess")[0], "")
-            lines.append(f"| {LABELS[row]} | {cost} | {_fmt(e['first'])} | {_fmt(e['peak'])} ({e['peak_n']}) | "
+            lines.append(f"| {LABELS[row]} | {e['cost']} | {_fmt(e['first'])} | {_fmt(e['peak'])} ({e['peak_n']}) | "
                          f"{_fmt(e['final'])} | {_fmt(e['drop'])} |")
         lines += ["", f"![best-of-N {dataset}](bon-{dataset}.png)", ""]
     if ppo:
@@ -185,7 +184,7 @@ def write_report(config, results: dict, out: Path, command: str | None = None) -
             lines += ["", f"![PPO {dataset}](ppo-{dataset}.png)", ""]
     lines += _dev_lines(config, results)
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(__import__("json").dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     _plots(bon, ppo, out)
 
 
