@@ -3,7 +3,7 @@
 
 Scores the SFT policy's samples of a policy-study unit's evaluation prompts, and the empty response to each prompt,
 with the unit's reward models, as PPO scores them (EOS appended). For AVA models it also prints the pieces of the
-score at EOS: the reward mean and the (rescaled) reward weight there.
+score at EOS: the reward mean and the (rescaled) reward weight there. And which training responses truncation cuts.
 
     python experiments/empty_response.py outputs/experiments/hh-ppo-collapse/cache/hh-helpful-seed0-<hash> ava-p bt
 """
@@ -53,6 +53,23 @@ def describe(reward_model, features: list[dict]) -> dict:
             "w_eos": response_scores(out.reward_weights, out.mask)["last"].numpy()}
 
 
+def cut_pairs(unit: Path, max_length: int) -> dict:
+    """Which training responses truncation cuts at ``max_length`` (the old rule dropped their EOS, so a final EOS
+    marked the uncut side): the share of pairs where only the chosen, or only the rejected, response is cut, and
+    where the chosen text is the longer."""
+    from avalign.data.tokenize import tokenize_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(str(unit / "tokenizer"))
+    pairs = load_from_disk(str(unit / "train_pairs"))
+    tokenized, _ = tokenize_dataset(pairs, tokenizer, max_length=max_length, source="train_pairs")
+    cut = {key: np.array([len(ids) < len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+                          for ids, text in zip(tokenized[f"{key}_ids"], pairs[key])]) for key in ("chosen", "rejected")}
+    longer = np.array([len(c) > len(r) for c, r in zip(pairs["chosen"], pairs["rejected"])])
+    return {"pairs": len(pairs), "only_chosen_cut": float(np.mean(cut["chosen"] & ~cut["rejected"])),
+            "only_rejected_cut": float(np.mean(cut["rejected"] & ~cut["chosen"])),
+            "chosen_longer_in_characters": float(longer.mean())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("unit", help="a policy-study unit directory (cache/<dataset>-seed<k>-<hash>)")
@@ -60,10 +77,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--max_new_tokens", type=int, default=24)
     parser.add_argument("--max_prompt_tokens", type=int, default=64)
+    parser.add_argument("--max_length", type=int, default=128, help="the reward models' training truncation")
     args = parser.parse_args()
     unit = Path(args.unit)
     sampled, empty = rows(unit, args.prompts, args.max_new_tokens, args.max_prompt_tokens)
-    report = {}
+    report = {"truncation": cut_pairs(unit, args.max_length)}
     with torch.no_grad():
         for name in args.models:
             reward_model = load_reward_model(str(unit / "models" / name))
